@@ -1,0 +1,420 @@
+"""Ready-made optimizers: each is ``chain(primitives..., scale_by_learning_rate)``.
+
+With the normalization switched off (a gradient whose blocks already have
+unit norm), each BNG alias equals its optax base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optax
+
+from normopt.blocks import BlockSpec
+from normopt.normalization import block_normalize
+from normopt.normalization import ngadap_scale
+from normopt.normalization import scale_by_adagrad_bng
+from normopt.schedules import stagewise_schedule
+
+ScalarOrSchedule = optax.ScalarOrSchedule
+
+def _sgdm(learning_rate, momentum, nesterov):
+  return (
+      optax.trace(decay=momentum, nesterov=nesterov),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def _adam(learning_rate, b1, b2, eps):
+  return (
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def sgd_ng(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    blocks: BlockSpec = "layer",
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""SGD with momentum on block-normalized gradients (BNG "SGDM-NG").
+
+  .. math::
+    \tilde g_b = g_b/\|g_b\|, \quad m \leftarrow \mu m + \tilde g, \quad
+    w \leftarrow w - \eta m
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    momentum: momentum ``μ``.
+    nesterov: use Nesterov momentum.
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps_norm: block norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w["l"]["w"] - 3.0) ** 2)
+    >>> w = {"l": {"w": jnp.zeros(4)}}
+    >>> tx = normopt.sgd_ng(optax.exponential_decay(0.5, 10, 0.5))
+    >>> s = tx.init(w)
+    >>> l0 = loss(w)
+    >>> for _ in range(100):
+    ...   u, s = tx.update(jax.grad(loss)(w), s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      block_normalize(blocks, eps_norm, axis_name),
+      *_sgdm(learning_rate, momentum, nesterov),
+  )
+
+
+def adam_ng(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    blocks: BlockSpec = "layer",
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Adam on block-normalized gradients (BNG "Adam-NG").
+
+  .. math::
+    \tilde g_b = g_b/\|g_b\|, \quad
+    u = -\eta\, \hat m(\tilde g) / (\sqrt{\hat v(\tilde g)} + \epsilon)
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    b1: first-moment decay.
+    b2: second-moment decay.
+    eps: Adam's denominator constant (optax's convention).
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps_norm: block norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda p: jnp.sum((p["a"]["w"] - 1.0) ** 2) + jnp.sum(p["b"]["w"] ** 2)
+    >>> p = {"a": {"w": jnp.zeros(3)}, "b": {"w": jnp.ones(3)}}
+    >>> tx = normopt.adam_ng(optax.cosine_decay_schedule(0.1, 300))
+    >>> s = tx.init(p)
+    >>> l0 = loss(p)
+    >>> for _ in range(300):
+    ...   u, s = tx.update(jax.grad(loss)(p), s)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      block_normalize(blocks, eps_norm, axis_name),
+      *_adam(learning_rate, b1, b2, eps),
+  )
+
+
+def adagrad_ng(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    blocks: BlockSpec = "layer",
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaGrad (optax's form) on block-normalized gradients (BNG "AdaGrad-NG").
+
+  .. math::
+    \tilde g_b = g_b/\|g_b\|, \quad a \leftarrow a + \tilde g^2, \quad
+    u = -\eta\, \tilde g / \sqrt{a + \epsilon}
+
+  For the appendix variant that keeps the block magnitude, see
+  :func:`adagrad_bng`.
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    initial_accumulator_value: initial ``a``.
+    eps: constant inside the square root (optax's convention).
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps_norm: block norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda p: jnp.sum((p["l"]["w"] - 2.0) ** 2)
+    >>> p = {"l": {"w": jnp.zeros(4)}}
+    >>> tx = normopt.adagrad_ng(0.5)
+    >>> s = tx.init(p)
+    >>> l0 = loss(p)
+    >>> for _ in range(200):
+    ...   u, s = tx.update(jax.grad(loss)(p), s)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      block_normalize(blocks, eps_norm, axis_name),
+      optax.scale_by_rss(initial_accumulator_value, eps),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def sgd_ngadap(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    blocks: BlockSpec = "layer",
+    alpha: float = 0.02,
+    *,
+    eps_norm: float = 1e-12,
+    min_param_norm: float = 1.0,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""SGD with momentum on ``α‖w_b‖``-scaled block directions (BNG "NG_adap").
+
+  .. math::
+    \tilde g_b = \alpha \max(\|w_b\|, \rho)\, g_b/\|g_b\|, \quad
+    m \leftarrow \mu m + \tilde g, \quad w \leftarrow w - \eta m
+
+  See :func:`normopt.ngadap_scale` for the zero-parameter rule (``ρ``).
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    momentum: momentum ``μ``.
+    nesterov: use Nesterov momentum.
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    alpha: relative step ``α``.
+    eps_norm: gradient block norms below this divide by it.
+    min_param_norm: floor ``ρ`` on the parameter norm.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda p: jnp.sum((p["l"]["w"] - 2.0) ** 2)
+    >>> p = {"l": {"w": jnp.ones(4)}}
+    >>> tx = normopt.sgd_ngadap(optax.exponential_decay(1.0, 30, 0.5), alpha=0.1)
+    >>> s = tx.init(p)
+    >>> l0 = loss(p)
+    >>> for _ in range(300):
+    ...   u, s = tx.update(jax.grad(loss)(p), s, p)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      ngadap_scale(alpha, blocks, eps_norm, axis_name, min_param_norm),
+      *_sgdm(learning_rate, momentum, nesterov),
+  )
+
+
+def adam_ngadap(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    blocks: BlockSpec = "layer",
+    alpha: float = 0.02,
+    *,
+    eps_norm: float = 1e-12,
+    min_param_norm: float = 1.0,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Adam on ``α‖w_b‖``-scaled block directions (BNG "Adam-NG_adap").
+
+  .. math::
+    \tilde g_b = \alpha \max(\|w_b\|, \rho)\, g_b/\|g_b\|, \quad
+    u = -\eta\, \hat m(\tilde g) / (\sqrt{\hat v(\tilde g)} + \epsilon)
+
+  See :func:`normopt.ngadap_scale` for the zero-parameter rule (``ρ``).
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    b1: first-moment decay.
+    b2: second-moment decay.
+    eps: Adam's denominator constant.
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    alpha: relative step ``α``.
+    eps_norm: gradient block norms below this divide by it.
+    min_param_norm: floor ``ρ`` on the parameter norm.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda p: jnp.sum((p["l"]["w"] - 2.0) ** 2)
+    >>> p = {"l": {"w": jnp.ones(4)}}
+    >>> tx = normopt.adam_ngadap(optax.cosine_decay_schedule(0.1, 300))
+    >>> s = tx.init(p)
+    >>> l0 = loss(p)
+    >>> for _ in range(300):
+    ...   u, s = tx.update(jax.grad(loss)(p), s, p)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      ngadap_scale(alpha, blocks, eps_norm, axis_name, min_param_norm),
+      *_adam(learning_rate, b1, b2, eps),
+  )
+
+
+def adagrad_bng(
+    learning_rate: ScalarOrSchedule,
+    delta: float = 1e-8,
+    blocks: BlockSpec = "layer",
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaGrad-BNG, the BNG paper's appendix Algorithm 2.
+
+  .. math::
+    \hat g_b = g_b/\|g_b\|, \quad s = \sqrt{\textstyle\sum_t \hat g_t^2}, \quad
+    w \leftarrow w - \eta\, \|g_b\|\, \hat g_b / (\delta + s)
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    delta: the constant ``δ`` added to the denominator.
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps_norm: block norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda p: jnp.sum((p["l"]["w"] - 2.0) ** 2)
+    >>> p = {"l": {"w": jnp.zeros(4)}}
+    >>> tx = normopt.adagrad_bng(0.5)
+    >>> s = tx.init(p)
+    >>> l0 = loss(p)
+    >>> for _ in range(100):
+    ...   u, s = tx.update(jax.grad(loss)(p), s)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  return optax.chain(
+      scale_by_adagrad_bng(delta, blocks, eps_norm, axis_name),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def sngd(
+    learning_rate: ScalarOrSchedule,
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Stochastic normalized gradient descent: ``w ← w − η g/‖g‖`` (global norm).
+
+  Args:
+    learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    eps_norm: global norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, normopt
+    >>> tx = normopt.sngd(0.1)
+    >>> g = {"a": jnp.full(3, 7.0), "b": jnp.full(2, -1.0)}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> round(float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(u)))), 4)
+    0.1
+
+  References:
+    Zhao et al., `Convergence of Stochastic Normalized Gradient Descent
+    <https://arxiv.org/abs/2104.07985>`_, 2021.
+  """
+  return optax.chain(
+      block_normalize("global", eps_norm, axis_name),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def s_sngd(
+    learning_rates: Sequence[float],
+    stage_length: float,
+    *,
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Stagewise SNGD (S-SNGD, Algorithm 2): SNGD with stages ``M_t = ⌈S/α_t⌉``.
+
+  Args:
+    learning_rates: the stage step sizes ``α_t`` (decreasing).
+    stage_length: ``S``; stage ``t`` lasts ``ceil(S / α_t)`` steps.
+    eps_norm: global norms below this divide by it.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> w = jnp.zeros(4)
+    >>> tx = normopt.s_sngd([0.1, 0.01], stage_length=2.5)   # 25 + 250 steps
+    >>> s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(300):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3)
+    True
+
+  References:
+    Zhao et al., `Convergence of Stochastic Normalized Gradient Descent
+    <https://arxiv.org/abs/2104.07985>`_, 2021.
+  """
+  return sngd(
+      stagewise_schedule(learning_rates, stage_length),
+      eps_norm=eps_norm,
+      axis_name=axis_name,
+  )

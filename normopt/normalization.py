@@ -1,0 +1,267 @@
+"""Block-normalized gradients (BNG, Yu et al. 2017), SNGD and block clipping."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from normopt import blocks as _blocks
+from normopt.blocks import BlockSpec
+
+
+def _scale_leaves(updates, scales):
+  """``g * s`` per leaf, computed in the scale's (float32+) dtype, cast back."""
+  return jax.tree.map(
+      lambda g, s: (g * s).astype(jnp.result_type(g)), updates, scales
+  )
+
+
+def block_normalize(
+    blocks: BlockSpec = "layer",
+    eps: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Normalizes each block of the gradient to unit Euclidean norm.
+
+  .. math::
+    \tilde g_b = g_b / \max(\|g_b\|_2, \epsilon)
+
+  With ``blocks="layer"`` this is the "NG" step of block-normalized gradient
+  descent (BNG): each layer's kernel and bias together get unit norm, and the
+  result feeds any optax optimizer. With ``blocks="global"`` it is the
+  normalized gradient of SNGD. A zero block stays zero.
+
+  Args:
+    blocks: ``"leaf"``, ``"layer"``, ``"global"``, ``"unit"`` or a callable
+      ``(path, leaf) -> hashable`` (see :mod:`normopt.blocks`).
+    eps: norms below ``eps`` divide by ``eps`` instead.
+    axis_name: mapped axis across which leaves are sharded (``shard_map``,
+      ``pmap``); partial squared norms are summed over it.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> tx = normopt.block_normalize()
+    >>> g = {"dense": {"kernel": jnp.full((4, 3), 5.0), "bias": jnp.full(3, 5.0)}}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> round(float(optax.tree.norm(u)), 4)
+    1.0
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  _blocks.check_blocks(blocks, "block_normalize")
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    norms = _blocks.block_norms(updates, blocks, axis_name)
+    scales = jax.tree.map(lambda n: _blocks.inv_norm(n, eps), norms)
+    return _scale_leaves(updates, scales), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def ngadap_scale(
+    alpha: float = 0.02,
+    blocks: BlockSpec = "layer",
+    eps: float = 1e-12,
+    axis_name: str | None = None,
+    min_param_norm: float = 1.0,
+) -> optax.GradientTransformation:
+  r"""Scales each gradient block to ``alpha`` times its parameters' norm.
+
+  .. math::
+    \tilde g_b = \alpha \, \max(\|w_b\|_2, \rho) \, g_b / \max(\|g_b\|_2, \epsilon)
+
+  This is BNG's "NG_adap": the step taken on a block is proportional to the
+  size of that block's weights, so that the relative change per step is about
+  ``alpha`` times the learning rate.
+
+  Zero-parameter rule: the parameter norm is floored at ``rho =
+  min_param_norm`` (default 1.0). Without the floor a block whose parameters
+  are all zero (a zero-initialized bias with ``blocks="leaf"``) would get a
+  zero step forever, and a nearly zero one would need thousands of steps to
+  grow. With the floor such a block moves like plain NG with step ``alpha``
+  until its norm exceeds ``rho``. ``min_param_norm=0`` gives the paper's exact
+  rule (and a frozen zero block).
+
+  Args:
+    alpha: relative step size (the paper's ``α``, default 0.02).
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps: gradient norms below ``eps`` divide by ``eps``.
+    axis_name: mapped axis across which leaves are sharded.
+    min_param_norm: floor ``rho`` on the parameter norm (see above).
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state; ``update`` needs
+    ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> tx = normopt.ngadap_scale(alpha=0.1)
+    >>> w = {"dense": {"kernel": jnp.full((4, 4), 5.0)}}   # ‖w‖ = 20
+    >>> g = {"dense": {"kernel": jnp.full((4, 4), 3.0)}}
+    >>> u, _ = tx.update(g, tx.init(w), w)
+    >>> round(float(optax.tree.norm(u)), 4)               # 0.1 * 20
+    2.0
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  _blocks.check_blocks(blocks, "ngadap_scale")
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    _blocks.require_params(params, "ngadap_scale")
+    _blocks.check_same_structure(updates, params, "ngadap_scale")
+    g_norms = _blocks.block_norms(updates, blocks, axis_name)
+    w_norms = _blocks.block_norms(params, blocks, axis_name)
+    scales = jax.tree.map(
+        lambda gn, wn: alpha * jnp.maximum(wn, min_param_norm)
+        * _blocks.inv_norm(gn, eps),
+        g_norms,
+        w_norms,
+    )
+    return _scale_leaves(updates, scales), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_block_norm(
+    max_norm: float,
+    blocks: BlockSpec = "layer",
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales each block whose norm exceeds ``max_norm`` down to ``max_norm``.
+
+  .. math::
+    \tilde g_b = g_b \cdot \frac{c}{\max(\|g_b\|_2, c)}
+
+  The per-layer clipping baseline ("CLIP") of the BNG paper. Blocks at or
+  below ``c = max_norm`` pass unchanged; no division by a zero norm happens
+  for ``max_norm > 0``.
+
+  Args:
+    max_norm: the largest block norm let through (``> 0``).
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> tx = normopt.clip_block_norm(1.0)
+    >>> g = {"a": {"w": jnp.full(4, 3.0)}, "b": {"w": jnp.full(4, 0.1)}}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> round(float(optax.tree.norm(u["a"])), 4), round(float(optax.tree.norm(u["b"])), 4)
+    (1.0, 0.2)
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  _blocks.check_blocks(blocks, "clip_block_norm")
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    norms = _blocks.block_norms(updates, blocks, axis_name)
+    scales = jax.tree.map(lambda n: max_norm / jnp.maximum(n, max_norm), norms)
+    return _scale_leaves(updates, scales), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdagradBNGState(NamedTuple):
+  """State of :func:`scale_by_adagrad_bng`: sum of squared normalized grads."""
+
+  sum_of_squares: Any
+
+
+def scale_by_adagrad_bng(
+    delta: float = 1e-8,
+    blocks: BlockSpec = "layer",
+    eps: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaGrad on block-normalized gradients (BNG appendix, Algorithm 2).
+
+  .. math::
+    \hat g_b = g_b / \|g_b\|, \quad
+    s_t = \sqrt{\textstyle\sum_{\tau \le t} \hat g_\tau^2}, \quad
+    u_t = \|g_b\| \, \hat g_b / (\delta + s_t)
+
+  The accumulator sees only the *direction* of each block; the step keeps the
+  block's magnitude ``‖g_b‖``. (``‖g_b‖ ĝ_b = g_b``; a zero block gives 0.)
+
+  Args:
+    delta: the additive constant ``δ`` in the denominator.
+    blocks: block mode or callable (see :mod:`normopt.blocks`).
+    eps: gradient norms below ``eps`` divide by ``eps``.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``; the update is to be scaled by
+    ``-learning_rate`` (see :func:`normopt.adagrad_bng`).
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.scale_by_adagrad_bng()
+    >>> g = {"w": jnp.array([3.0, 4.0])}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> [round(float(x), 4) for x in u["w"]]   # ‖g‖ ĝ / |ĝ| = 5 per coordinate
+    [5.0, 5.0]
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+  """
+  _blocks.check_blocks(blocks, "scale_by_adagrad_bng")
+
+  def init_fn(params):
+    return ScaleByAdagradBNGState(
+        sum_of_squares=jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), _blocks._acc_dtype(p)), params
+        )
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    norms = _blocks.block_norms(updates, blocks, axis_name)
+    g_hat = jax.tree.map(
+        lambda g, n: g.astype(n.dtype) * _blocks.inv_norm(n, eps), updates, norms
+    )
+    sum_sq = jax.tree.map(
+        lambda s, gh: s + jnp.square(gh), state.sum_of_squares, g_hat
+    )
+    out = jax.tree.map(
+        lambda g, gh, n, s: (n * gh / (delta + _blocks.safe_sqrt(s))).astype(
+            jnp.result_type(g)
+        ),
+        updates,
+        g_hat,
+        norms,
+        sum_sq,
+    )
+    return out, ScaleByAdagradBNGState(sum_of_squares=sum_sq)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+

@@ -1,0 +1,42 @@
+"""Every method in normopt, for the shared conformance suite.
+
+A new transformation or optimizer joins the suite by being listed here.
+``kwargs`` name every numeric hyperparameter explicitly, so that
+``optax.inject_hyperparams`` turns them into traced arrays.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import optax
+
+import normopt
+
+
+class Method(NamedTuple):
+  name: str
+  make: Callable[..., optax.GradientTransformation]
+  kwargs: dict[str, Any]
+  needs_params: bool = False
+  # "any": arbitrary params; "sphere": vector leaves are put on the unit
+  # sphere first (ND-Adam style methods).
+  params_kind: str = "any"
+
+
+METHODS = [
+    # --- blocks / BNG / SNGD (normalization.py, aliases.py)
+    Method("block_normalize", normopt.block_normalize, dict(eps=1e-12)),
+    Method("block_normalize_unit", lambda **kw: normopt.block_normalize("unit", **kw), dict(eps=1e-12)),
+    Method("ngadap_scale", normopt.ngadap_scale, dict(alpha=0.02, eps=1e-12, min_param_norm=1.0), True),
+    Method("clip_block_norm", normopt.clip_block_norm, dict(max_norm=0.5)),
+    Method("scale_by_adagrad_bng", normopt.scale_by_adagrad_bng, dict(delta=1e-8)),
+    Method("sgd_ng", normopt.sgd_ng, dict(learning_rate=0.1, momentum=0.9)),
+    Method("adam_ng", normopt.adam_ng, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8)),
+    Method("adagrad_ng", normopt.adagrad_ng, dict(learning_rate=0.1, initial_accumulator_value=0.1, eps=1e-7)),
+    Method("sgd_ngadap", normopt.sgd_ngadap, dict(learning_rate=0.1, momentum=0.9, alpha=0.02), True),
+    Method("adam_ngadap", normopt.adam_ngadap, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, alpha=0.02), True),
+    Method("adagrad_bng", normopt.adagrad_bng, dict(learning_rate=0.1, delta=1e-8)),
+    Method("sngd", normopt.sngd, dict(learning_rate=0.1)),
+    Method("s_sngd", lambda **kw: normopt.s_sngd([0.1, 0.01], 0.2, **kw), dict()),
+    # --- AdaNorm + diffGrad (adanorm.py): listed by the AdaNorm work.
+    # --- ND-Adam (spherical.py): listed by the ND-Adam work.
+]
