@@ -1,5 +1,16 @@
 """normopt: normalized-gradient optimizers as chainable optax transformations."""
 
+from normopt.adanorm import adanorm_rescale
+from normopt.adanorm import AdaNormState
+from normopt.adanorm import scale_by_adanorm_moments
+from normopt.adanorm import scale_by_diffgrad
+from normopt.adanorm import ScaleByAdaNormState
+from normopt.adanorm import ScaleByDiffGradState
+from normopt.aliases import adabelief_norm
+from normopt.aliases import adam_norm
+from normopt.aliases import diffgrad
+from normopt.aliases import diffgrad_norm
+from normopt.aliases import radam_norm
 from normopt.aliases import adagrad_bng
 from normopt.aliases import adagrad_ng
 from normopt.aliases import adam_ng
@@ -20,6 +31,17 @@ from normopt.schedules import stagewise_schedule
 __version__ = "0.1.0"
 
 __all__ = (
+    "adabelief_norm",
+    "adam_norm",
+    "adanorm_rescale",
+    "AdaNormState",
+    "diffgrad",
+    "diffgrad_norm",
+    "radam_norm",
+    "scale_by_adanorm_moments",
+    "scale_by_diffgrad",
+    "ScaleByAdaNormState",
+    "ScaleByDiffGradState",
     "adagrad_bng",
     "adagrad_ng",
     "adam_ng",

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import optax
 
+from normopt.adanorm import scale_by_adanorm_moments
+from normopt.adanorm import scale_by_diffgrad
 from normopt.blocks import BlockSpec
 from normopt.normalization import block_normalize
 from normopt.normalization import ngadap_scale
@@ -417,4 +419,297 @@ def s_sngd(
       stagewise_schedule(learning_rates, stage_length),
       eps_norm=eps_norm,
       axis_name=axis_name,
+  )
+
+
+# --- AdaNorm (Dubey et al., WACV 2023) and diffGrad -------------------------
+
+def _adanorm_alias(kind, learning_rate, **kwargs):
+  return optax.chain(
+      scale_by_adanorm_moments(kind, **kwargs),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def adam_norm(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    gamma: float = 0.95,
+    *,
+    nesterov: bool = False,
+    blocks: BlockSpec = "leaf",
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdamNorm: Adam whose first moment sees the AdaNorm-corrected gradient.
+
+  ``e ← γe + (1−γ)‖g_b‖``; ``s_b = g_b·e/‖g_b‖`` if ``e > ‖g_b‖`` else
+  ``g_b``; ``m ← β1 m + (1−β1) s``, ``v ← β2 v + (1−β2) g²``; update
+  ``−η m̂/(√(v̂ + eps_root) + eps)``. ``gamma=0`` gives ``optax.adam``.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to ``√v̂``.
+    eps_root: added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+    gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
+    nesterov: Nesterov momentum (on ``s``).
+    blocks: AdaNorm blocks (default ``"leaf"``: one ``e`` per tensor).
+    eps_norm: gradient norms below this divide by it in the correction.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = normopt.adam_norm(0.05)
+    >>> w = jnp.zeros(3); s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(300):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * loss(jnp.zeros(3)))
+    True
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  return _adanorm_alias(
+      "adam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov, blocks=blocks,
+      eps_norm=eps_norm, axis_name=axis_name,
+  )
+
+
+def diffgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""diffGrad: ``−η · sigmoid(|g_prev − g|) · m̂/(√v̂ + eps)``, ``g_prev₀ = 0``.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to ``√v̂``.
+    eps_root: added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+    axis_name: accepted like every alias; diffGrad is element-wise, so no
+      norm is reduced over it.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = normopt.diffgrad(0.05)
+    >>> w = jnp.zeros(3); s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(300):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * loss(jnp.zeros(3)))
+    True
+
+  References:
+    Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
+    Networks <https://arxiv.org/abs/1909.11015>`_, IEEE TNNLS 2020.
+  """
+  del axis_name
+  return optax.chain(
+      scale_by_diffgrad(b1, b2, eps, eps_root, mu_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def diffgrad_norm(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    gamma: float = 0.95,
+    *,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    blocks: BlockSpec = "leaf",
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""diffGradNorm: diffGrad whose first moment sees the corrected gradient.
+
+  ``m`` accumulates the AdaNorm-corrected ``s``; ``v`` and the friction
+  ``ξ = sigmoid(|g_prev − g|)`` use the raw ``g``. ``gamma=0`` gives
+  :func:`diffgrad`.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to ``√v̂``.
+    gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
+    eps_root: added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+    blocks: AdaNorm blocks (default ``"leaf"``).
+    eps_norm: gradient norms below this divide by it in the correction.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.diffgrad_norm(1.0, gamma=0.5)
+    >>> s = tx.init(jnp.zeros(1))
+    >>> for g in (4.0, 4.0, 0.1):        # e: 2, 3, 1.55 > 0.1: corrected
+    ...   u, s = tx.update(jnp.array([g]), s)
+    >>> round(float(s[0].e), 4)
+    1.55
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  return _adanorm_alias(
+      "diffgrad", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, eps_norm=eps_norm,
+      axis_name=axis_name,
+  )
+
+
+def radam_norm(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    gamma: float = 0.95,
+    *,
+    nesterov: bool = False,
+    blocks: BlockSpec = "leaf",
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""RAdamNorm: rectified Adam whose first moment sees the corrected gradient.
+
+  optax's RAdam (rectification ``r_t`` when ``ρ_t ≥ threshold``, else the
+  plain ``m̂``) with ``m`` accumulating the AdaNorm-corrected ``s``; ``e``
+  persists across steps (the official RAdamNorm resets it every step, so its
+  correction never fires). ``gamma=0`` gives ``optax.radam``.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to ``√v̂``.
+    eps_root: added inside the square root.
+    threshold: tractability threshold on ``ρ_t``.
+    gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
+    nesterov: Nesterov momentum (on ``s``).
+    blocks: AdaNorm blocks (default ``"leaf"``).
+    eps_norm: gradient norms below this divide by it in the correction.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = normopt.radam_norm(0.05)
+    >>> w = jnp.zeros(3); s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(300):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * loss(jnp.zeros(3)))
+    True
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  return _adanorm_alias(
+      "radam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      eps_root=eps_root, threshold=threshold, nesterov=nesterov, blocks=blocks,
+      eps_norm=eps_norm, axis_name=axis_name,
+  )
+
+
+def adabelief_norm(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+    gamma: float = 0.95,
+    *,
+    nesterov: bool = False,
+    residual_uses_corrected: bool = False,
+    blocks: BlockSpec = "leaf",
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaBeliefNorm: AdaBelief whose first moment sees the corrected gradient.
+
+  ``m ← β1 m + (1−β1) s``; ``v ← β2 v + (1−β2)(g − m)² + eps_root``;
+  update ``−η m̂/(√v̂ + eps)`` (optax's conventions). The paper's residual
+  uses the raw ``g``; the official AdaBeliefNorm code uses the corrected
+  ``s`` (``(s − m)²``): pass ``residual_uses_corrected=True`` for that.
+  ``gamma=0`` gives ``optax.adabelief`` either way.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    b1: decay of the first moment.
+    b2: decay of the second moment (of the residual).
+    eps: added to ``√v̂``.
+    eps_root: added to the stored second moment each step.
+    gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
+    nesterov: Nesterov momentum (on ``s``).
+    residual_uses_corrected: residual ``s − m`` (official code) instead of
+      ``g − m`` (paper, default).
+    blocks: AdaNorm blocks (default ``"leaf"``).
+    eps_norm: gradient norms below this divide by it in the correction.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = normopt.adabelief_norm(0.05)
+    >>> w = jnp.zeros(3); s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(300):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * loss(jnp.zeros(3)))
+    True
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  return _adanorm_alias(
+      "adabelief", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      eps_root=eps_root, nesterov=nesterov,
+      residual_uses_corrected=residual_uses_corrected, blocks=blocks,
+      eps_norm=eps_norm, axis_name=axis_name,
   )

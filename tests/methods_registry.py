@@ -5,6 +5,7 @@ A new transformation or optimizer joins the suite by being listed here.
 ``optax.inject_hyperparams`` turns them into traced arrays.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import optax
@@ -37,6 +38,17 @@ METHODS = [
     Method("adagrad_bng", normopt.adagrad_bng, dict(learning_rate=0.1, delta=1e-8)),
     Method("sngd", normopt.sngd, dict(learning_rate=0.1)),
     Method("s_sngd", lambda **kw: normopt.s_sngd([0.1, 0.01], 0.2, **kw), dict()),
-    # --- AdaNorm + diffGrad (adanorm.py): listed by the AdaNorm work.
+    # --- AdaNorm + diffGrad (adanorm.py)
+    Method("adanorm_rescale", normopt.adanorm_rescale, dict(gamma=0.95, eps=1e-12)),
+    Method("adanorm_rescale_layer", functools.partial(normopt.adanorm_rescale, blocks="layer"), dict(gamma=0.95, eps=1e-12)),
+    Method("scale_by_adanorm_moments", normopt.scale_by_adanorm_moments, dict(gamma=0.95, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0)),
+    Method("scale_by_diffgrad", normopt.scale_by_diffgrad, dict(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0)),
+    Method("adam_norm", normopt.adam_norm, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, gamma=0.95, eps_norm=1e-12)),
+    Method("diffgrad", normopt.diffgrad, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0)),
+    Method("diffgrad_norm", normopt.diffgrad_norm, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, gamma=0.95, eps_root=0.0, eps_norm=1e-12)),
+    Method("radam_norm", normopt.radam_norm, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0, gamma=0.95, eps_norm=1e-12)),
+    Method("adabelief_norm", normopt.adabelief_norm, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, gamma=0.95, eps_norm=1e-12)),
+    Method("adabelief_norm_official", functools.partial(normopt.adabelief_norm, residual_uses_corrected=True), dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, gamma=0.95, eps_norm=1e-12)),
+    Method("adam_norm_layer", functools.partial(normopt.adam_norm, blocks="layer"), dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, gamma=0.95, eps_norm=1e-12)),
     # --- ND-Adam (spherical.py): listed by the ND-Adam work.
 ]

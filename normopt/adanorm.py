@@ -1,0 +1,416 @@
+"""AdaNorm gradient-norm correction (Dubey et al., WACV 2023) and diffGrad.
+
+AdaNorm keeps an exponential moving average ``e`` of past gradient norms and,
+when the current norm falls below it, scales the gradient up to norm ``e``.
+The paper feeds this corrected gradient ``s`` into the FIRST moment of Adam,
+diffGrad, RAdam and AdaBelief only; the second moment (and diffGrad's
+friction) keeps seeing the raw gradient ``g``.
+
+Two layers:
+
+* :func:`adanorm_rescale` returns ``s`` itself. Chained before a stock optax
+  optimizer, both of its moments see ``s`` (the paper's "both moments"
+  ablation).
+* :func:`scale_by_adanorm_moments` is the single moment primitive behind all
+  faithful optimizers: it takes the first-moment input ``s`` and the raw
+  gradient ``g`` separately, and ``kind`` selects the Adam, diffGrad, RAdam or
+  AdaBelief rule. :func:`scale_by_diffgrad` is the same primitive with the
+  correction switched off (``s = g``).
+
+The Adam-family conventions are optax's (``m̂ / (√v̂ + eps)``, optax's RAdam
+threshold and rectification, AdaBelief's ``eps_root`` added to the stored
+second moment), so with ``gamma=0`` every ``*_norm`` optimizer equals its
+optax base (``optax.adam``, ``optax.radam``, ``optax.adabelief``) or
+:func:`normopt.diffgrad`.
+
+Differences from the official PyTorch code (shivram1987/AdaNorm), on purpose:
+
+* a zero gradient block after nonzero ones gives ``s = 0`` there (the official
+  code divides by the zero norm and returns NaN);
+* ``e`` persists across steps in every variant (the official RAdamNorm resets
+  it to 0 every step, so its correction never fires);
+* eps conventions follow optax, not the official code's
+  ``√(v + eps)/√bc2 + eps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from normopt import blocks as _blocks
+from normopt.blocks import BlockSpec
+
+KINDS = ("adam", "diffgrad", "radam", "adabelief")
+
+
+class AdaNormState(NamedTuple):
+  """State of :func:`adanorm_rescale`."""
+
+  count: jax.Array  # shape=(), int32: number of updates so far.
+  e: Any  # per leaf, EMA of its block's gradient norm (keepdims shape).
+
+
+class ScaleByAdaNormState(NamedTuple):
+  """State of :func:`scale_by_adanorm_moments`."""
+
+  count: jax.Array  # shape=(), int32.
+  e: Any  # per leaf, EMA of its block's gradient norm (keepdims shape).
+  mu: Any  # first moment, of the corrected gradient s.
+  nu: Any  # second moment, of g (Adam/diffGrad/RAdam) or of (g - m).
+  g_prev: Any  # previous raw gradient (diffGrad), else optax.EmptyState().
+
+
+class ScaleByDiffGradState(NamedTuple):
+  """State of :func:`scale_by_diffgrad`."""
+
+  count: jax.Array  # shape=(), int32.
+  mu: Any
+  nu: Any
+  g_prev: Any  # previous gradient, zeros at init.
+
+
+# ---------------------------------------------------------------------------
+# Shared pure pieces.
+
+
+def _init_e(params, blocks):
+  """Zeros with the per-leaf keepdims shape and dtype of ``block_norms``."""
+  shapes = jax.eval_shape(lambda p: _blocks.block_norms(p, blocks), params)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _correct(updates, e, gamma, blocks, eps, axis_name):
+  r"""One AdaNorm step: returns ``(s, e_new)``.
+
+  ``e ← γ e + (1 − γ) ‖g_b‖``; ``s_b = g_b · e/‖g_b‖`` if ``e > ‖g_b‖`` else
+  ``g_b``; a zero block gives ``s_b = 0``.
+  """
+  norms = _blocks.block_norms(updates, blocks, axis_name)
+  e_new = jax.tree.map(
+      lambda e_, n: (gamma * e_ + (1 - gamma) * n).astype(e_.dtype), e, norms
+  )
+
+  def scale(g, e_, n):
+    factor = jnp.where(e_ > n, e_ * _blocks.inv_norm(n, eps), 1.0)
+    return (g * factor).astype(jnp.result_type(g))
+
+  return jax.tree.map(scale, updates, e_new, norms), e_new
+
+
+def _canonical(dtype):
+  return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _moments_init(params, mu_dtype, with_g_prev):
+  mu = optax.tree.zeros_like(params, dtype=mu_dtype)
+  nu = optax.tree.zeros_like(params)
+  g_prev = optax.tree.zeros_like(params) if with_g_prev else optax.EmptyState()
+  return mu, nu, g_prev
+
+
+def _moments_update(
+    kind, s, g, mu, nu, g_prev, count, *, b1, b2, eps, eps_root, threshold,
+    nesterov, mu_dtype, residual_uses_corrected,
+):
+  """The one Adam-family update shared by every optimizer in this module.
+
+  ``s`` enters the first moment, ``g`` the second moment (AdaBelief: the
+  residual ``g − m``, or ``s − m`` with ``residual_uses_corrected``) and
+  diffGrad's friction. Returns ``(updates, mu, nu, g_prev, count_inc)``.
+  """
+  new_mu = optax.tree.update_moment(s, mu, b1, 1)
+  if kind == "adabelief":
+    resid_in = s if residual_uses_corrected else g
+    resid = optax.tree.sub(resid_in, new_mu)
+    new_nu = optax.tree.update_moment_per_elem_norm(resid, nu, b2, 2)
+    new_nu = jax.tree.map(lambda v: v + eps_root, new_nu)
+  else:
+    new_nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
+  count_inc = optax.safe_increment(count)
+  if nesterov:
+    mu_hat = jax.tree.map(
+        lambda m, x: b1 * m + (1 - b1) * x,
+        optax.tree.bias_correction(
+            new_mu, b1, optax.safe_increment(count_inc)
+        ),
+        optax.tree.bias_correction(s, b1, count_inc),
+    )
+  else:
+    mu_hat = optax.tree.bias_correction(new_mu, b1, count_inc)
+  nu_hat = optax.tree.bias_correction(new_nu, b2, count_inc)
+  def denom(v):
+    if kind == "adabelief":  # eps_root already sits inside nu.
+      return jnp.sqrt(v) + eps
+    return jnp.sqrt(v + eps_root) + eps
+
+  if kind != "radam":
+    u = jax.tree.map(lambda m, v: m / denom(v), mu_hat, nu_hat)
+  else:
+    ro_inf = 2.0 / (1.0 - b2) - 1.0
+    b2t = b2**count_inc
+    ro = ro_inf - 2 * count_inc * b2t / (1 - b2t)
+    r_sq = (ro - 4.0) * (ro - 2.0) * ro_inf / (
+        (ro_inf - 4.0) * (ro_inf - 2.0) * ro
+    )
+    # The clamp only matters where optax would take sqrt of a negative
+    # (threshold < 4); there it gives 0 instead of NaN.
+    r = jnp.sqrt(jnp.maximum(r_sq, 0.0))
+    u = jax.tree.map(
+        lambda m, v: jnp.where(
+            ro >= threshold, r.astype(m.dtype) * m / denom(v), m
+        ),
+        mu_hat, nu_hat,
+    )
+  if kind == "diffgrad":
+    u = jax.tree.map(
+        lambda x, gp, gt: jax.nn.sigmoid(jnp.abs(gp - gt)) * x, u, g_prev, g
+    )
+    g_prev = optax.tree.cast_like(g, g_prev)
+  u = jax.tree.map(lambda x, gt: x.astype(jnp.result_type(gt)), u, g)
+  new_mu = optax.tree.cast(new_mu, mu_dtype)
+  new_nu = optax.tree.cast_like(new_nu, nu)
+  return u, new_mu, new_nu, g_prev, count_inc
+
+
+# ---------------------------------------------------------------------------
+# Public transformations.
+
+
+def adanorm_rescale(
+    gamma: float = 0.95,
+    blocks: BlockSpec = "leaf",
+    eps: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaNorm gradient-norm correction: lifts small gradients to their EMA norm.
+
+  Per block ``b`` (default: per leaf, as the official code does per tensor):
+
+  .. math::
+    e_t = \gamma e_{t-1} + (1-\gamma)\|g_{b,t}\|, \quad e_0 = 0, \qquad
+    s_{b,t} = \begin{cases} g_{b,t}\, e_t / \|g_{b,t}\| & e_t > \|g_{b,t}\| \\
+      g_{b,t} & \text{otherwise} \end{cases}
+
+  A zero block gives ``s_b = 0`` (no division by a zero norm). With
+  ``gamma=0`` this is the identity.
+
+  Chained before a stock optimizer, e.g.
+  ``optax.chain(adanorm_rescale(), optax.adam(1e-3))``, BOTH moments see ``s``:
+  that is the paper's "both moments" ablation. The paper's optimizers feed
+  ``s`` to the first moment only: use :func:`adam_norm` and friends (built on
+  :func:`scale_by_adanorm_moments`) for those.
+
+  Args:
+    gamma: EMA decay ``γ`` of the norm history (paper: 0.95).
+    blocks: ``"leaf"``, ``"layer"``, ``"global"``, ``"unit"`` or a callable
+      ``(path, leaf) -> hashable`` (see :mod:`normopt.blocks`).
+    eps: gradient norms below ``eps`` divide by ``eps`` instead.
+    axis_name: mapped axis across which leaves are sharded (``shard_map``,
+      ``pmap``); partial squared norms are summed over it.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`AdaNormState`
+    (``e`` per leaf with the keepdims shape of :func:`normopt.block_norms`).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> tx = normopt.adanorm_rescale(gamma=0.5)
+    >>> s = tx.init(jnp.zeros(2))
+    >>> _, s = tx.update(jnp.array([3.0, 4.0]), s)      # e = 2.5 < 5: unchanged
+    >>> u, s = tx.update(jnp.array([0.3, 0.4]), s)      # e = 1.5 > 0.5: lifted
+    >>> round(float(optax.tree.norm(u)), 4)
+    1.5
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  _blocks.check_blocks(blocks, "adanorm_rescale")
+
+  def init_fn(params):
+    return AdaNormState(
+        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks)
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    s, e = _correct(updates, state.e, gamma, blocks, eps, axis_name)
+    return s, AdaNormState(count=optax.safe_increment(state.count), e=e)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adanorm_moments(
+    kind: str = "adam",
+    gamma: float = 0.95,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    residual_uses_corrected: bool = False,
+    blocks: BlockSpec = "leaf",
+    eps_norm: float = 1e-12,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaNorm-corrected Adam / diffGrad / RAdam / AdaBelief moments.
+
+  With ``s`` from :func:`adanorm_rescale` (same ``gamma``, ``blocks``) and
+  the raw gradient ``g``, step ``t``:
+
+  .. math::
+    m_t = \beta_1 m_{t-1} + (1-\beta_1) s_t, \quad
+    \hat m_t = m_t / (1-\beta_1^t)
+
+  * ``"adam"``: :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2`,
+    update :math:`\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`.
+  * ``"diffgrad"``: Adam's update times the friction
+    :math:`\xi_t = \mathrm{sigmoid}(|g_{t-1} - g_t|)`, :math:`g_0 = 0`.
+  * ``"radam"``: optax's rectification: with
+    :math:`\rho_\infty = 2/(1-\beta_2) - 1`,
+    :math:`\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)`, the update is
+    :math:`r_t \hat m_t/(\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)` if
+    :math:`\rho_t \ge` ``threshold``, else :math:`\hat m_t`.
+  * ``"adabelief"``: :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2)(g_t - m_t)^2
+    + \epsilon_{root}`, update :math:`\hat m_t / (\sqrt{\hat v_t} + \epsilon)`
+    (optax's convention). ``residual_uses_corrected=True`` uses
+    :math:`(s_t - m_t)` instead, as the official AdaBeliefNorm code does.
+
+  ``gamma=0`` switches the correction off (``s = g``): the result equals
+  ``optax.scale_by_adam`` / ``scale_by_radam`` / ``scale_by_belief`` or
+  :func:`scale_by_diffgrad`.
+
+  Args:
+    kind: ``"adam"``, ``"diffgrad"``, ``"radam"`` or ``"adabelief"``.
+    gamma: AdaNorm EMA decay ``γ``; 0 turns the correction off.
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to the denominator ``√v̂``.
+    eps_root: added inside the square root (AdaBelief: to the stored ``v``).
+    threshold: RAdam's tractability threshold on ``ρ_t`` (``"radam"`` only).
+    mu_dtype: optional dtype of the first moment.
+    nesterov: Nesterov momentum on the first moment (its input is ``s``).
+    residual_uses_corrected: AdaBelief only: residual ``s − m`` (official code)
+      instead of the paper's ``g − m``.
+    blocks: AdaNorm blocks (default ``"leaf"``, see :mod:`normopt.blocks`).
+    eps_norm: gradient norms below this divide by it in the correction.
+    axis_name: mapped axis across which leaves are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    :class:`ScaleByAdaNormState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 2)
+    >>> tx = optax.chain(normopt.scale_by_adanorm_moments("adabelief"),
+    ...                  optax.scale_by_learning_rate(0.1))
+    >>> w = jnp.zeros(3); s = tx.init(w)
+    >>> step = jax.jit(lambda w, s: tx.update(jax.grad(loss)(w), s))
+    >>> for _ in range(200):
+    ...   u, s = step(w, s)
+    ...   w = optax.apply_updates(w, u)
+    >>> bool(loss(w) < 1e-3 * loss(jnp.zeros(3)))
+    True
+
+  References:
+    Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
+    for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
+  """
+  if kind not in KINDS:
+    raise ValueError(
+        f"scale_by_adanorm_moments: kind must be one of {KINDS}, got {kind!r}."
+    )
+  _blocks.check_blocks(blocks, "scale_by_adanorm_moments")
+  mu_dtype = _canonical(mu_dtype)
+
+  def init_fn(params):
+    mu, nu, g_prev = _moments_init(params, mu_dtype, kind == "diffgrad")
+    return ScaleByAdaNormState(
+        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks),
+        mu=mu, nu=nu, g_prev=g_prev,
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    s, e = _correct(updates, state.e, gamma, blocks, eps_norm, axis_name)
+    u, mu, nu, g_prev, count = _moments_update(
+        kind, s, updates, state.mu, state.nu, state.g_prev, state.count,
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold,
+        nesterov=nesterov, mu_dtype=mu_dtype,
+        residual_uses_corrected=residual_uses_corrected,
+    )
+    return u, ScaleByAdaNormState(
+        count=count, e=e, mu=mu, nu=nu, g_prev=g_prev
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_diffgrad(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformation:
+  r"""diffGrad: Adam scaled by a friction from the last gradient change.
+
+  .. math::
+    \xi_t = \mathrm{sigmoid}(|g_{t-1} - g_t|) \ (g_0 = 0), \qquad
+    u_t = \xi_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+
+  with Adam's bias-corrected moments (optax conventions). The friction is in
+  ``[0.5, 1)`` per coordinate: a coordinate whose gradient barely changes
+  takes half a step. optax has no diffGrad.
+
+  Args:
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to the denominator ``√v̂``.
+    eps_root: added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    :class:`ScaleByDiffGradState`.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.scale_by_diffgrad()
+    >>> g = jnp.array([1.0, 1.0])
+    >>> s = tx.init(g)
+    >>> u, s = tx.update(g, s)   # xi = sigmoid(1); Adam's first step is ~1
+    >>> u, s = tx.update(g, s)   # same gradient again: xi = sigmoid(0) = 0.5
+    >>> [round(float(x), 4) for x in u]
+    [0.5, 0.5]
+
+  References:
+    Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
+    Networks <https://arxiv.org/abs/1909.11015>`_, IEEE TNNLS 2020.
+  """
+  mu_dtype = _canonical(mu_dtype)
+
+  def init_fn(params):
+    mu, nu, g_prev = _moments_init(params, mu_dtype, True)
+    return ScaleByDiffGradState(
+        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, g_prev=g_prev
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    u, mu, nu, g_prev, count = _moments_update(
+        "diffgrad", updates, updates, state.mu, state.nu, state.g_prev,
+        state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=0.0,
+        nesterov=False, mu_dtype=mu_dtype, residual_uses_corrected=False,
+    )
+    return u, ScaleByDiffGradState(count=count, mu=mu, nu=nu, g_prev=g_prev)
+
+  return optax.GradientTransformation(init_fn, update_fn)
