@@ -15,6 +15,7 @@ from normopt.aliases import adagrad_bng
 from normopt.aliases import adagrad_ng
 from normopt.aliases import adam_ng
 from normopt.aliases import adam_ngadap
+from normopt.aliases import nd_adam
 from normopt.aliases import s_sngd
 from normopt.aliases import sgd_ng
 from normopt.aliases import sgd_ngadap
@@ -27,10 +28,23 @@ from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.normalization import ScaleByAdagradBNGState
 from normopt.schedules import stagewise_schedule
+from normopt.spherical import normalize_vectors
+from normopt.spherical import scale_by_vector_adam
+from normopt.spherical import ScaleByVectorAdamState
+from normopt.spherical import spherical_project
+from normopt.spherical import spherical_retract
+from normopt import losses
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "losses",
+    "nd_adam",
+    "normalize_vectors",
+    "scale_by_vector_adam",
+    "ScaleByVectorAdamState",
+    "spherical_project",
+    "spherical_retract",
     "adabelief_norm",
     "adam_norm",
     "adanorm_rescale",

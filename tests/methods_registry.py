@@ -50,5 +50,9 @@ METHODS = [
     Method("adabelief_norm", normopt.adabelief_norm, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, gamma=0.95, eps_norm=1e-12)),
     Method("adabelief_norm_official", functools.partial(normopt.adabelief_norm, residual_uses_corrected=True), dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, gamma=0.95, eps_norm=1e-12)),
     Method("adam_norm_layer", functools.partial(normopt.adam_norm, blocks="layer"), dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, gamma=0.95, eps_norm=1e-12)),
-    # --- ND-Adam (spherical.py): listed by the ND-Adam work.
+    # --- ND-Adam (spherical.py)
+    Method("spherical_project", normopt.spherical_project, dict(), True, "sphere"),
+    Method("scale_by_vector_adam", normopt.scale_by_vector_adam, dict(b1=0.9, b2=0.999, eps=1e-8)),
+    Method("spherical_retract", normopt.spherical_retract, dict(), True, "sphere"),
+    Method("nd_adam", normopt.nd_adam, dict(learning_rate_vector=0.05, learning_rate_scalar=1e-3, b1=0.9, b2=0.999, eps=1e-8), True, "sphere"),
 ]

@@ -1,0 +1,406 @@
+"""ND-Adam (Zhang et al. 2018): optimization of unit vectors on the sphere.
+
+ND-Adam keeps the input-weight vector of each hidden unit on the unit sphere.
+Per vector ``w`` (with ``ŵ = w / ‖w‖``) one step is (the paper's Algorithm 1):
+
+.. math::
+  \\bar g &= g - (g \\cdot \\hat w)\\,\\hat w          && \\text{(eq. 12, spherical_project)} \\\\
+  m &\\leftarrow \\beta_1 m + (1-\\beta_1)\\,\\bar g, \\quad
+  v \\leftarrow \\beta_2 v + (1-\\beta_2)\\,\\|\\bar g\\|^2  && \\text{(eqs. 8-9, scale_by_vector_adam)} \\\\
+  u &= -\\alpha\\,\\hat m / (\\sqrt{\\hat v} + \\epsilon)  && \\text{(eqs. 10-11, learning rate)} \\\\
+  w &\\leftarrow (w + u) / \\|w + u\\|                      && \\text{(spherical_retract)}
+
+with ``m̂ = m / (1 - β1^t)``, ``v̂ = v / (1 - β2^t)`` (the official code's bias
+correction, and optax's ``m̂/(√v̂ + eps)``). ``v`` is ONE scalar per vector, so
+the state is about half of Adam's.
+
+Which leaves are vectors: ``vector_axes=None`` is the ``"unit"`` rule of
+:mod:`normopt.blocks`: a leaf of ``ndim >= 2`` is split into vectors over all
+axes but the last (Dense ``(in, out)``: one vector per output unit over axis 0;
+Conv HWIO: one per output channel over ``(0, 1, 2)``); leaves of ``ndim < 2``
+(biases, BatchNorm scales) are not vectors. A callable
+``(path, leaf) -> tuple[int, ...] | None`` overrides the rule: it returns the
+axes that one vector spans, or ``None`` for a leaf that is not a vector.
+
+Zero vectors: ``ŵ`` of a zero vector is taken as 0 (no projection), a zero
+gradient gives a zero update, and if ``w + u`` is zero the retraction leaves
+``w`` where it is (update 0). Nothing returns NaN or Inf for finite input.
+
+``axis_name``: inside ``shard_map``/``pmap`` (or a named ``vmap``) with leaves
+sharded along the axes a vector spans, the partial dot products and squared
+norms are ``psum``-med over that axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import optax
+
+from normopt import blocks as _blocks
+
+VectorAxes = Union[None, Callable[[Any, Any], Union[tuple[int, ...], None]]]
+
+
+def _leaf_axes(path, leaf, vector_axes, name):
+  """The axes one vector of ``leaf`` spans, or None if it holds no vectors."""
+  if vector_axes is None:
+    return _blocks.unit_axes(leaf)
+  if not callable(vector_axes):
+    raise ValueError(
+        f"{name}: vector_axes must be None or a callable "
+        f"(path, leaf) -> tuple of axes | None, got {vector_axes!r}."
+    )
+  axes = vector_axes(path, leaf)
+  if axes is None:
+    return None
+  ndim = len(jnp.shape(leaf))
+  try:
+    axes = tuple(int(a) for a in axes)
+  except TypeError as e:
+    raise ValueError(
+        f"{name}: vector_axes returned {axes!r} for "
+        f"{jax.tree_util.keystr(path)}; expected a tuple of ints or None."
+    ) from e
+  if not axes or any(not -ndim <= a < ndim for a in axes):
+    raise ValueError(
+        f"{name}: vector_axes returned {axes!r} for "
+        f"{jax.tree_util.keystr(path)} of shape {jnp.shape(leaf)}; expected "
+        f"a non-empty tuple of axes in [-{ndim}, {ndim})."
+    )
+  return tuple(sorted({a % ndim for a in axes}))
+
+
+def _flat_axes(tree, vector_axes, name):
+  """Flattens ``tree``; returns (leaves, per-leaf axes, treedef)."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  leaves = [leaf for _, leaf in flat]
+  axes = [_leaf_axes(p, leaf, vector_axes, name) for p, leaf in flat]
+  return leaves, axes, treedef
+
+
+def _vsum(x, axes, axis_name):
+  """Sum over a vector's axes (keepdims), psum-med over ``axis_name``."""
+  s = jnp.sum(x, axis=axes, keepdims=True)
+  if axis_name is not None:
+    s = lax.psum(s, axis_name)
+  return s
+
+
+def _vnorm(x, axes, axis_name):
+  """Euclidean norm of each vector, in float32 or wider (keepdims)."""
+  x = x.astype(_blocks._acc_dtype(x))  # pylint: disable=protected-access
+  return _blocks.safe_sqrt(_vsum(jnp.square(x), axes, axis_name))
+
+
+def _unit(w, axes, axis_name):
+  """``w / ‖w‖`` per vector in float32+, and 0 for a zero vector."""
+  w32 = w.astype(_blocks._acc_dtype(w))  # pylint: disable=protected-access
+  return w32 * _blocks.inv_norm(_vnorm(w, axes, axis_name), 0.0)
+
+
+def _check_params(updates, params, name):
+  _blocks.require_params(params, name)
+  _blocks.check_same_structure(updates, params, name)
+
+
+def normalize_vectors(
+    params: Any,
+    vector_axes: VectorAxes = None,
+    axis_name: str | None = None,
+) -> Any:
+  """Puts every unit vector of ``params`` on the unit sphere.
+
+  ND-Adam's initialisation (Algorithm 1): ``w ← w / ‖w‖`` per vector. Leaves
+  that are not vectors are returned unchanged; a zero vector stays zero.
+
+  Args:
+    params: a pytree of arrays.
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
+    axis_name: mapped axis across which the vectors are sharded.
+
+  Returns:
+    A pytree like ``params``, each leaf of its original dtype.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> p = {"dense": {"kernel": jnp.full((4, 3), 2.0), "bias": jnp.full(3, 2.0)}}
+    >>> q = normopt.normalize_vectors(p)
+    >>> jnp.linalg.norm(q["dense"]["kernel"], axis=0).tolist(), q["dense"]["bias"].tolist()
+    ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018.
+  """
+  leaves, axes, treedef = _flat_axes(params, vector_axes, "normalize_vectors")
+  out = [
+      w if a is None else _unit(w, a, axis_name).astype(jnp.result_type(w))
+      for w, a in zip(leaves, axes)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def spherical_project(
+    vector_axes: VectorAxes = None,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Projects each vector's gradient onto the sphere's tangent space.
+
+  .. math::
+    \bar g = g - (g \cdot \hat w)\, \hat w, \qquad \hat w = w / \|w\|_2
+
+  (ND-Adam eq. 12). The result is orthogonal to ``w``, so a small step along it
+  changes only the direction of ``w``, not its norm. Leaves that are not
+  vectors pass through; a zero vector ``w`` leaves its gradient unprojected.
+
+  Args:
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
+    axis_name: mapped axis across which the vectors are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state; ``update`` needs
+    ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> w = {"kernel": jnp.array([[1.0], [0.0]])}
+    >>> g = {"kernel": jnp.array([[3.0], [4.0]])}
+    >>> tx = normopt.spherical_project()
+    >>> u, _ = tx.update(g, tx.init(w), w)
+    >>> u["kernel"].ravel().tolist()          # the radial part 3.0 is removed
+    [0.0, 4.0]
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    name = "spherical_project"
+    _check_params(updates, params, name)
+    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    w_leaves = jax.tree.leaves(params)
+
+    def project(g, w, a):
+      if a is None:
+        return g
+      w_hat = _unit(w, a, axis_name)
+      g32 = g.astype(w_hat.dtype)
+      return (g32 - _vsum(g32 * w_hat, a, axis_name) * w_hat).astype(
+          jnp.result_type(g)
+      )
+
+    out = [project(g, w, a) for g, w, a in zip(g_leaves, w_leaves, axes)]
+    return jax.tree_util.tree_unflatten(treedef, out), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByVectorAdamState(NamedTuple):
+  """State of :func:`scale_by_vector_adam`.
+
+  ``nu`` holds one scalar per vector (shape ``(1, ..., 1, units)`` for the
+  ``"unit"`` rule, float32 or wider) and a full per-element second moment for
+  leaves that are not vectors.
+  """
+
+  count: jax.Array
+  mu: Any
+  nu: Any
+
+
+def scale_by_vector_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    vector_axes: VectorAxes = None,
+    axis_name: str | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformation:
+  r"""Adam with one second-moment scalar per vector (ND-Adam eqs. 8-11).
+
+  .. math::
+    m &\leftarrow \beta_1 m + (1-\beta_1)\, g, \qquad
+    v \leftarrow \beta_2 v + (1-\beta_2)\, \|g\|_2^2 \\
+    u &= \hat m / (\sqrt{\hat v} + \epsilon), \quad
+    \hat m = m / (1-\beta_1^t), \ \hat v = v / (1-\beta_2^t)
+
+  ``m`` is per element and ``v`` is one scalar per vector, so the update keeps
+  the direction of ``m̂`` within each vector (the "direction-preserving" of
+  ND-Adam) and the state is about half the size of Adam's. Feed it the
+  projected gradient (:func:`spherical_project`). Leaves that are not vectors
+  get plain per-element Adam (``optax.scale_by_adam``'s math).
+
+  Args:
+    b1: decay of the first moment.
+    b2: decay of the second moment.
+    eps: added to ``√v̂`` in the denominator.
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
+    axis_name: mapped axis across which the vectors are sharded.
+    mu_dtype: optional dtype of the first moment; defaults to the leaf's.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`ScaleByVectorAdamState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> w = {"kernel": jnp.ones((256, 8))}
+    >>> tx = normopt.scale_by_vector_adam()
+    >>> optax.tree.size(tx.init(w).nu), optax.tree.size(optax.adam(1e-3).init(w)[0].nu)
+    (8, 2048)
+    >>> u, _ = tx.update({"kernel": jnp.full((256, 8), 3.0)}, tx.init(w))
+    >>> round(float(jnp.linalg.norm(u["kernel"][:, 0])), 4)    # unit step per vector
+    1.0
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018.
+  """
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+  def init_fn(params):
+    leaves, axes, treedef = _flat_axes(params, vector_axes, "scale_by_vector_adam")
+    mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
+    nu = []
+    for p, a in zip(leaves, axes):
+      if a is None:
+        nu.append(jnp.zeros_like(p))
+      else:
+        shape = tuple(1 if i in a else n for i, n in enumerate(jnp.shape(p)))
+        nu.append(jnp.zeros(shape, _blocks._acc_dtype(p)))  # pylint: disable=protected-access
+    unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
+    return ScaleByVectorAdamState(
+        count=jnp.zeros([], jnp.int32), mu=unflat(mu), nu=unflat(nu)
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    name = "scale_by_vector_adam"
+    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    mu_leaves = treedef.flatten_up_to(state.mu)
+    nu_leaves = treedef.flatten_up_to(state.nu)
+    count = optax.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    # Hyperparameters as float32 arrays first, so that ``1 - b2`` is the same
+    # number whether b2 is a Python float or traced (inject_hyperparams).
+    beta1 = jnp.asarray(b1, jnp.float32)
+    beta2 = jnp.asarray(b2, jnp.float32)
+    bc1 = 1 - beta1 ** t
+    bc2 = 1 - beta2 ** t
+    new_u, new_mu, new_nu = [], [], []
+    for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes):
+      m_old_dtype, v_old_dtype = jnp.result_type(m), jnp.result_type(v)
+      g32 = g.astype(_blocks._acc_dtype(g))  # pylint: disable=protected-access
+      m = beta1 * m.astype(g32.dtype) + (1 - beta1) * g32
+      if a is None:
+        g2 = jnp.square(g32)
+      else:
+        g2 = _vsum(jnp.square(g32), a, axis_name)
+      v = beta2 * v.astype(g2.dtype) + (1 - beta2) * g2
+      u = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+      new_u.append(u.astype(jnp.result_type(g)))
+      new_mu.append(m.astype(m_old_dtype))
+      new_nu.append(v.astype(v_old_dtype))
+    unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
+    return unflat(new_u), ScaleByVectorAdamState(
+        count=count, mu=unflat(new_mu), nu=unflat(new_nu)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def spherical_retract(
+    vector_axes: VectorAxes = None,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""Turns an update into one that lands each vector back on the sphere.
+
+  .. math::
+    u \mapsto \frac{w + u}{\|w + u\|_2} - w
+
+  so that ``optax.apply_updates(w, result)`` is ``(w + u) / ‖w + u‖``: ND-Adam's
+  renormalization after each step. Put it LAST in a chain, after the learning
+  rate. Leaves that are not vectors pass through. If ``w + u`` is zero the
+  update is 0 (``w`` stays).
+
+  Args:
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
+    axis_name: mapped axis across which the vectors are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation`` with empty state; ``update`` needs
+    ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> w = {"kernel": jnp.array([[1.0], [0.0]])}
+    >>> tx = normopt.spherical_retract()
+    >>> u, _ = tx.update({"kernel": jnp.array([[0.0], [1.0]])}, tx.init(w), w)
+    >>> new = optax.apply_updates(w, u)
+    >>> round(float(jnp.linalg.norm(new["kernel"])), 4)
+    1.0
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    name = "spherical_retract"
+    _check_params(updates, params, name)
+    u_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    w_leaves = jax.tree.leaves(params)
+
+    def retract(u, w, a):
+      if a is None:
+        return u
+      acc = _blocks._acc_dtype(w)  # pylint: disable=protected-access
+      w32 = w.astype(acc)
+      new = w32 + u.astype(acc)
+      norm = _vnorm(new, a, axis_name)
+      step = jnp.where(norm > 0, new * _blocks.inv_norm(norm, 0.0) - w32, 0)
+      return step.astype(jnp.result_type(u))
+
+    out = [retract(u, w, a) for u, w, a in zip(u_leaves, w_leaves, axes)]
+    return jax.tree_util.tree_unflatten(treedef, out), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def is_vector_leaf(vector_axes: VectorAxes = None) -> Callable[[Any], Any]:
+  """A label function for ``optax.partition``: ``"vector"`` or ``"other"``.
+
+  Args:
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None``.
+
+  Returns:
+    A function ``tree -> tree of labels``.
+  """
+
+  def labels(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: "other"
+        if _leaf_axes(p, x, vector_axes, "nd_adam") is None
+        else "vector",
+        tree,
+    )
+
+  return labels
