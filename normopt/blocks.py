@@ -156,8 +156,10 @@ _SHIFT = 16
 
 
 def _sum_sq(x, axes):
+  """Partial sum of squares: a scalar if ``axes`` covers the leaf, else keepdims."""
   x = x.astype(_acc_dtype(x)) * (2.0 ** -_SHIFT)
-  return jnp.sum(jnp.square(x), axis=axes, keepdims=True)
+  full = len(axes) == x.ndim
+  return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
 
 
 def _group(values, keys):
@@ -205,9 +207,10 @@ def block_norms(
 
   Returns:
     A pytree with the structure of ``tree``: per leaf, an array of the
-    accumulation dtype with ``ndim`` equal to the leaf's, of shape all ones
-    (one block covers the leaf) or ``(1, ..., 1, units)`` for ``"unit"``
-    blocks. Leaves of one block hold the same value.
+    accumulation dtype (float32, or float64 for float64 leaves) that
+    broadcasts against the leaf: a scalar where one block covers the leaf, or
+    of shape ``(1, ..., 1, units)`` for ``"unit"`` blocks. Leaves of one block
+    hold the same value.
 
   Example:
     >>> import jax.numpy as jnp, normopt

@@ -2,7 +2,9 @@
 
 A new transformation or optimizer joins the suite by being listed here.
 ``kwargs`` name every numeric hyperparameter explicitly, so that
-``optax.inject_hyperparams`` turns them into traced arrays.
+``optax.inject_hyperparams`` turns them into traced arrays. ``make`` must be a
+function or ``functools.partial`` (not a ``**kwargs`` lambda), so that
+``inject_hyperparams`` can read its signature.
 """
 
 import functools
@@ -26,7 +28,7 @@ class Method(NamedTuple):
 METHODS = [
     # --- blocks / BNG / SNGD (normalization.py, aliases.py)
     Method("block_normalize", normopt.block_normalize, dict(eps=1e-12)),
-    Method("block_normalize_unit", lambda **kw: normopt.block_normalize("unit", **kw), dict(eps=1e-12)),
+    Method("block_normalize_unit", functools.partial(normopt.block_normalize, blocks="unit"), dict(eps=1e-12)),
     Method("ngadap_scale", normopt.ngadap_scale, dict(alpha=0.02, eps=1e-12, min_param_norm=1.0), True),
     Method("clip_block_norm", normopt.clip_block_norm, dict(max_norm=0.5)),
     Method("scale_by_adagrad_bng", normopt.scale_by_adagrad_bng, dict(delta=1e-8)),
@@ -37,7 +39,7 @@ METHODS = [
     Method("adam_ngadap", normopt.adam_ngadap, dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, alpha=0.02), True),
     Method("adagrad_bng", normopt.adagrad_bng, dict(learning_rate=0.1, delta=1e-8)),
     Method("sngd", normopt.sngd, dict(learning_rate=0.1)),
-    Method("s_sngd", lambda **kw: normopt.s_sngd([0.1, 0.01], 0.2, **kw), dict()),
+    Method("s_sngd", functools.partial(normopt.s_sngd, [0.1, 0.01], 0.2), dict()),
     # --- AdaNorm + diffGrad (adanorm.py)
     Method("adanorm_rescale", normopt.adanorm_rescale, dict(gamma=0.95, eps=1e-12)),
     Method("adanorm_rescale_layer", functools.partial(normopt.adanorm_rescale, blocks="layer"), dict(gamma=0.95, eps=1e-12)),
