@@ -1,0 +1,27 @@
+"""stagewise_schedule: stage t lasts ceil(S / alpha_t) steps (S-SNGD Alg. 2)."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import normopt
+
+
+@pytest.mark.parametrize("rates,S", [([0.1, 0.01, 0.001], 0.5), ([0.3, 0.07], 1.0), ([0.05], 2.0)])
+def test_stage_lengths_follow_s_over_alpha(rates, S):
+  sched = jax.jit(normopt.stagewise_schedule(rates, S))
+  lengths = [math.ceil(S / a) for a in rates]
+  want = np.concatenate([np.full(m, a) for m, a in zip(lengths, rates)] + [np.full(7, rates[-1])])
+  got = np.array([float(sched(i)) for i in range(len(want))])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_invalid_input_is_a_clear_error():
+  with pytest.raises(ValueError, match="must be > 0"):
+    normopt.stagewise_schedule([0.1, 0.0], 1.0)
+  with pytest.raises(ValueError, match="stage_length"):
+    normopt.stagewise_schedule([0.1], 0.0)
+  with pytest.raises(ValueError, match="empty"):
+    normopt.stagewise_schedule([], 1.0)
