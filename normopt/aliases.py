@@ -18,6 +18,8 @@ from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.schedules import stagewise_schedule
 from normopt import spherical as _spherical
+from normopt.blocks import check_same_structure
+from normopt.blocks import require_params
 
 ScalarOrSchedule = optax.ScalarOrSchedule
 
@@ -423,6 +425,93 @@ def s_sngd(
   )
 
 
+def nd_adam(
+    learning_rate_vector: ScalarOrSchedule = 0.05,
+    learning_rate_scalar: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    vector_axes: _spherical.VectorAxes = None,
+    *,
+    axis_name: str | None = None,
+) -> optax.GradientTransformation:
+  r"""ND-Adam: Adam on the unit sphere for weight vectors, Adam for the rest.
+
+  Vector leaves (see :mod:`normopt.spherical`; by default every leaf of
+  ``ndim >= 2``, one vector per output unit) follow the paper's Algorithm 1:
+
+  .. math::
+    \bar g = g - (g\cdot\hat w)\hat w,\quad
+    m \leftarrow \beta_1 m + (1-\beta_1)\bar g,\quad
+    v \leftarrow \beta_2 v + (1-\beta_2)\|\bar g\|^2,\quad
+    w \leftarrow \frac{w - \alpha_v \hat m/(\sqrt{\hat v}+\epsilon)}
+                      {\|w - \alpha_v \hat m/(\sqrt{\hat v}+\epsilon)\|}
+
+  i.e. ``spherical_project → scale_by_vector_adam → lr → spherical_retract``;
+  all other leaves (biases, BatchNorm parameters) get ``optax.adam`` with
+  ``learning_rate_scalar``. The two groups are split with ``optax.partition``.
+  Start from parameters on the sphere (:func:`normopt.normalize_vectors`); the
+  first step puts them there anyway. The paper applies no weight decay to the
+  vectors (their norm is fixed) and pairs ND-Adam with a regularized softmax
+  (:mod:`normopt.losses`).
+
+  Args:
+    learning_rate_vector: step size ``α_v`` of the vectors (float or schedule;
+      the paper uses 0.05 with cosine decay).
+    learning_rate_scalar: Adam step size of the other leaves (float or
+      schedule).
+    b1: first-moment decay (both groups).
+    b2: second-moment decay (both groups).
+    eps: added to ``√v̂`` (both groups).
+    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
+      ``(path, leaf) -> axes | None`` choosing which leaves are vectors.
+    axis_name: mapped axis across which the vectors are sharded.
+
+  Returns:
+    An ``optax.GradientTransformation``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> x = jax.random.normal(jax.random.key(0), (64, 3))
+    >>> target = jnp.array([[1.0], [2.0], [2.0]]) / 3.0     # a unit vector
+    >>> loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - x @ target - 0.5) ** 2)
+    >>> p = normopt.normalize_vectors({"w": jnp.ones((3, 1)), "b": jnp.zeros(1)})
+    >>> tx = normopt.nd_adam(0.05, 0.05)
+    >>> s = tx.init(p)
+    >>> @jax.jit
+    ... def step(p, s):
+    ...   u, s = tx.update(jax.grad(loss)(p), s, p)
+    ...   return optax.apply_updates(p, u), s
+    >>> l0 = loss(p)
+    >>> for _ in range(300):
+    ...   p, s = step(p, s)
+    >>> bool(loss(p) < 1e-3 * l0), round(float(jnp.linalg.norm(p["w"])), 4)
+    (True, 1.0)
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018.
+  """
+  vector_tx = optax.chain(
+      _spherical.spherical_project(vector_axes, axis_name),
+      _spherical.scale_by_vector_adam(b1, b2, eps, vector_axes, axis_name),
+      optax.scale_by_learning_rate(learning_rate_vector),
+      _spherical.spherical_retract(vector_axes, axis_name),
+  )
+  other_tx = optax.adam(learning_rate_scalar, b1=b1, b2=b2, eps=eps)
+  tx = optax.partition(
+      {"vector": vector_tx, "other": other_tx},
+      _spherical.is_vector_leaf(vector_axes),
+  )
+
+  def update_fn(updates, state, params=None):
+    require_params(params, "nd_adam")
+    check_same_structure(updates, params, "nd_adam")
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)
+
+
 # --- AdaNorm (Dubey et al., WACV 2023) and diffGrad -------------------------
 
 def _adanorm_alias(kind, learning_rate, **kwargs):
@@ -714,85 +803,3 @@ def adabelief_norm(
       residual_uses_corrected=residual_uses_corrected, blocks=blocks,
       eps_norm=eps_norm, axis_name=axis_name,
   )
-
-def nd_adam(
-    learning_rate_vector: ScalarOrSchedule = 0.05,
-    learning_rate_scalar: ScalarOrSchedule = 1e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    vector_axes: _spherical.VectorAxes = None,
-    *,
-    axis_name: str | None = None,
-) -> optax.GradientTransformation:
-  r"""ND-Adam: Adam on the unit sphere for weight vectors, Adam for the rest.
-
-  Vector leaves (see :mod:`normopt.spherical`; by default every leaf of
-  ``ndim >= 2``, one vector per output unit) follow the paper's Algorithm 1:
-
-  .. math::
-    ar g = g - (g\cdot\hat w)\hat w,\quad
-    m \leftarrow eta_1 m + (1-eta_1)ar g,\quad
-    v \leftarrow eta_2 v + (1-eta_2)\|ar g\|^2,\quad
-    w \leftarrow rac{w - lpha_v \hat m/(\sqrt{\hat v}+\epsilon)}
-                      {\|w - lpha_v \hat m/(\sqrt{\hat v}+\epsilon)\|}
-
-  i.e. ``spherical_project → scale_by_vector_adam → lr → spherical_retract``;
-  all other leaves (biases, BatchNorm parameters) get ``optax.adam`` with
-  ``learning_rate_scalar``. The two groups are split with ``optax.partition``.
-  Start from parameters on the sphere (:func:`normopt.normalize_vectors`); the
-  first step puts them there anyway. The paper applies no weight decay to the
-  vectors (their norm is fixed) and pairs ND-Adam with a regularized softmax
-  (:mod:`normopt.losses`).
-
-  Args:
-    learning_rate_vector: step size ``α_v`` of the vectors (float or schedule;
-      the paper uses 0.05 with cosine decay).
-    learning_rate_scalar: Adam step size of the other leaves (float or
-      schedule).
-    b1: first-moment decay (both groups).
-    b2: second-moment decay (both groups).
-    eps: added to ``√v̂`` (both groups).
-    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
-      ``(path, leaf) -> axes | None`` choosing which leaves are vectors.
-    axis_name: mapped axis across which the vectors are sharded.
-
-  Returns:
-    An ``optax.GradientTransformation``; ``update`` needs ``params``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, optax, normopt
-    >>> x = jax.random.normal(jax.random.key(0), (64, 3))
-    >>> target = jnp.array([[1.0], [2.0], [2.0]]) / 3.0     # a unit vector
-    >>> loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - x @ target - 0.5) ** 2)
-    >>> p = normopt.normalize_vectors({"w": jnp.ones((3, 1)), "b": jnp.zeros(1)})
-    >>> tx = normopt.nd_adam(0.05, 0.05)
-    >>> s = tx.init(p)
-    >>> @jax.jit
-    ... def step(p, s):
-    ...   u, s = tx.update(jax.grad(loss)(p), s, p)
-    ...   return optax.apply_updates(p, u), s
-    >>> l0 = loss(p)
-    >>> for _ in range(300):
-    ...   p, s = step(p, s)
-    >>> bool(loss(p) < 1e-3 * l0), round(float(jnp.linalg.norm(p["w"])), 4)
-    (True, 1.0)
-
-  References:
-    Zhang et al., `Normalized Direction-preserving Adam
-    <https://arxiv.org/abs/1709.04546>`_, 2018.
-  """
-  vector_tx = optax.chain(
-      _spherical.spherical_project(vector_axes, axis_name),
-      _spherical.scale_by_vector_adam(b1, b2, eps, vector_axes, axis_name),
-      optax.scale_by_learning_rate(learning_rate_vector),
-      _spherical.spherical_retract(vector_axes, axis_name),
-  )
-  other_tx = optax.adam(learning_rate_scalar, b1=b1, b2=b2, eps=eps)
-  return optax.partition(
-      {"vector": vector_tx, "other": other_tx},
-      _spherical.is_vector_leaf(vector_axes),
-  )
-
-
-# --- AdaNorm (Dubey et al., WACV 2023) and diffGrad -------------------------
