@@ -25,7 +25,7 @@ PROBE = "__NOTEBOOK_PROBE__"
 TIMEOUT_S = 600  # per cell; each notebook runs in well under 3 minutes on CPU
 
 
-def _execute(tmp_path, name, probe_expr):
+def _execute(tmp_path, name, probe_expr, env=None):
   """Runs ``notebooks/<name>`` in a fresh kernel; returns (nb, probe dict)."""
   spec_dir = tmp_path / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
@@ -33,7 +33,7 @@ def _execute(tmp_path, name, probe_expr):
       "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "normopt test kernel",
       "language": "python",
-      "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+      "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **(env or {})},
   }))
   ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
   km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ksm)
@@ -91,3 +91,29 @@ def test_quickstart(tmp_path):
   # block_normalize with a callable blocks rule then optax.scale(-0.1): the
   # kernels' block of the update has norm 0.1.
   assert out["kernel_norm"] == pytest.approx(0.1, rel=1e-4)
+
+
+# The committed results files the paper-claims notebook draws, one section each.
+CLAIM_RESULTS = ("bng_mlp_digits", "bng_cnn", "bng_lstm", "s_sngd",
+                 "adanorm_cnn", "ndadam", "step_overhead")
+
+
+def test_paper_claims(tmp_path):
+  nb, out = _execute(
+      tmp_path, "paper_claims.ipynb",
+      # A results file that does not exist must give a note, not an error.
+      "(section('no_such_benchmark', None), dict(plotted=plotted,"
+      " missing=missing, failed=failed, results=str(RESULTS)))[1]")
+  assert pathlib.Path(out["results"]).resolve() == RESULTS.resolve()
+  present = {n for n in CLAIM_RESULTS if (RESULTS / f"{n}.json").exists()}
+  # Every committed results file is really drawn (its schema is understood),
+  # every absent one gives a note, and nothing else happens.
+  assert out["failed"] == {}
+  assert sorted(out["plotted"]) == sorted(present)
+  assert sorted(out["missing"]) == sorted(set(CLAIM_RESULTS) - present | {"no_such_benchmark"})
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert "google.colab" in code[0].source and not code[0].outputs
+  assert sum(_has_png(c) for c in code) == len(present)
+  notes = "".join(o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs)
+  for name in set(CLAIM_RESULTS) - present:
+    assert f"`{name}.json` is not in" in notes
