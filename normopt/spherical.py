@@ -61,7 +61,7 @@ def _leaf_axes(path, leaf, vector_axes, name):
   ndim = len(jnp.shape(leaf))
   try:
     axes = tuple(int(a) for a in axes)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ValueError(
         f"{name}: vector_axes returned {axes!r} for "
         f"{jax.tree_util.keystr(path)}; expected a tuple of ints or None."
