@@ -32,6 +32,10 @@ class BNSoftmax(nn.Module):
     >>> y, upd = m.apply(v, z, train=True, mutable=["batch_stats"])
     >>> jnp.round(jnp.std(y, axis=0), 2).tolist()
     [3.0, 3.0, 3.0, 3.0]
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018, §4.
   """
 
   gamma: float = 2.5

@@ -44,6 +44,10 @@ def logit_l2_penalty(logits: jax.Array, weight: float | jax.Array) -> jax.Array:
     >>> z = jnp.array([[3.0, 4.0], [0.0, 0.0]])      # Σ z² = 25 and 0
     >>> float(normopt.losses.logit_l2_penalty(z, 0.1))  # 0.1/2 · 12.5
     0.625
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018, §4.
   """
   z = jnp.asarray(logits)
   z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
@@ -82,6 +86,10 @@ def batch_normalize_logits(
     >>> y = normopt.losses.batch_normalize_logits(z, gamma=2.0, eps=0.0)
     >>> jnp.round(jnp.std(y, axis=0), 4).tolist()
     [2.0, 2.0, 2.0]
+
+  References:
+    Zhang et al., `Normalized Direction-preserving Adam
+    <https://arxiv.org/abs/1709.04546>`_, 2018, §4.
   """
   z = jnp.asarray(logits)
   z32 = z.astype(jnp.promote_types(z.dtype, jnp.float32))
