@@ -1,0 +1,92 @@
+"""benchmarks/s_sngd.py: quick run, schedules as configured, and its JSON."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "s_sngd.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("s_sngd_bench", SCRIPT)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+  mod = _load()
+  out = tmp_path_factory.mktemp("s_sngd")
+  assert mod.main(["--quick", "--out", str(out)]) == 0
+  with open(out / "s_sngd.json") as f:
+    return mod, out, json.load(f)
+
+
+def test_quick_writes_json_table_and_plot(quick):
+  mod, out, payload = quick
+  cfg = payload["config"]
+  n_points = cfg["steps"] // cfg["eval_every"] + 1
+  assert set(payload["results"]) == set(cfg["models"])
+  for per in payload["results"].values():
+    assert list(per) == cfg["methods"]
+    for res in per.values():
+      for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        arr = np.asarray(res[key])
+        assert arr.shape == (cfg["seeds"], n_points)
+        assert np.all(np.isfinite(arr))
+  assert (out / "s_sngd.png").stat().st_size > 10_000
+  assert "| S-SNGD stagewise |" in (out / "s_sngd.md").read_text()
+
+
+def test_quick_runs_train_from_a_shared_start(quick):
+  _, _, payload = quick
+  for per in payload["results"].values():
+    first = [np.asarray(r["train_loss"])[:, 0] for r in per.values()]
+    for f in first[1:]:
+      np.testing.assert_allclose(f, first[0], rtol=1e-6)
+    for name in ("SNGD large", "S-SNGD multistep", "S-SNGD stagewise"):
+      loss = np.asarray(per[name]["train_loss"])
+      assert np.all(loss[:, -1] < 0.5 * loss[:, 0])
+
+
+def test_schedules_follow_the_configuration():
+  mod = _load()
+  steps = 600
+  sched = mod.schedules(steps)
+  rates = mod.STAGE_RATES
+  # Algorithm 2: stage t lasts ceil(S / alpha_t) steps; the stages fill the run.
+  stage_length = steps / sum(1.0 / a for a in rates)
+  lengths = [math.ceil(stage_length / a) for a in rates]
+  assert abs(sum(lengths) - steps) <= len(rates)
+  starts = np.cumsum([0] + lengths[:-1])
+  for t0, m, a in zip(starts, lengths, rates):
+    assert float(sched["S-SNGD stagewise"](t0)) == pytest.approx(a)
+    assert float(sched["S-SNGD stagewise"](t0 + m - 1)) == pytest.approx(a)
+  big = mod.ALPHA_LARGE
+  assert float(sched["S-SNGD poly"](steps // 2)) == pytest.approx(
+      big * 0.5**mod.POLY_POWER, rel=1e-5)
+  assert float(sched["S-SNGD poly"](steps)) == pytest.approx(0.0, abs=1e-8)
+  for t, factor in ((steps // 2 - 1, 1.0), (steps // 2, 0.1),
+                    ((3 * steps) // 4, 0.01)):
+    assert float(sched["S-SNGD multistep"](t)) == pytest.approx(big * factor)
+  assert float(sched["SNGD small"](123)) == pytest.approx(mod.ALPHA_SMALL)
+
+
+def test_sngd_methods_take_steps_of_the_scheduled_length():
+  import jax.numpy as jnp
+  import optax
+
+  mod = _load()
+  g = {"a": {"w": jnp.full((3, 2), 5.0)}, "b": {"w": jnp.full((4,), -2.0)}}
+  for name, tx in mod.methods(100).items():
+    u, _ = tx.update(g, tx.init(g))
+    expected = float(mod.schedules(100)[name](0))
+    if name.startswith("SGD"):
+      expected *= float(optax.tree.norm(g))
+    assert float(optax.tree.norm(u)) == pytest.approx(expected, rel=1e-5)
