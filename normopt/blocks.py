@@ -157,23 +157,43 @@ def _acc_dtype(x):
 # bit-identical to the naive one, while float32 elements up to ~1e24 (instead
 # of ~1.8e19) square without overflow. Elements below ~7e-15 square into the
 # subnormals, far below the default eps=1e-12 where a block divides by eps
-# anyway.
+# anyway. The scale is passed through an optimization barrier together with
+# its leaf: as a plain constant, XLA's CPU backend would share one
+# materialized full-size broadcast of it between same-shaped leaves and read
+# it back in every reduction (about one extra read of the gradient).
 _SHIFT = 16
+
+# Blocks of more leaves than this are summed with one stacked reduction
+# instead of a chain of adds (``"global"`` over thousands of leaves).
+_CHAIN_MAX = 8
 
 
 def _sum_sq(x, axes):
   """Partial sum of squares: a scalar if ``axes`` covers the leaf, else keepdims."""
-  x = x.astype(_acc_dtype(x)) * (2.0 ** -_SHIFT)
+  x = x.astype(_acc_dtype(x))
+  scale, x = lax.optimization_barrier((jnp.asarray(2.0 ** -_SHIFT, x.dtype), x))
+  x = x * scale
   full = len(axes) == x.ndim
   return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
 
 
-def _group(values, keys):
-  """Sums per-leaf values sharing a key; returns per-leaf block totals."""
-  totals: dict[Any, Any] = {}
+def _group_totals(values, keys):
+  """Sums per-leaf values sharing a key: ``(block index per leaf, totals)``."""
+  members: dict[Any, list[Any]] = {}
   for key, v in zip(keys, values):
-    totals[key] = v if key not in totals else totals[key] + v
-  return [totals[k] for k in keys]
+    members.setdefault(key, []).append(v)
+  ids = {k: i for i, k in enumerate(members)}
+  index = [ids[k] for k in keys]
+  totals = []
+  for vs in members.values():
+    if len(vs) > _CHAIN_MAX:
+      totals.append(jnp.sum(jnp.stack(vs), axis=0))
+    else:
+      t = vs[0]
+      for v in vs[1:]:
+        t = t + v
+      totals.append(t)
+  return index, totals
 
 
 def safe_sqrt(x):
@@ -188,79 +208,21 @@ def inv_norm(norm, eps):
   return jnp.where(pos, 1.0 / jnp.where(pos, jnp.maximum(norm, eps), 1), 0)
 
 
-def _norms_flat(leaves, keys, axes, axis_name):
-  """Per-leaf reference path (mixed accumulation dtypes): one chain per leaf."""
-  sq = _group([_sum_sq(x, a) for x, a in zip(leaves, axes)], keys)
-  if axis_name is not None:
-    sq = lax.psum(sq, axis_name)
-  return [safe_sqrt(s) * (2.0 ** _SHIFT) for s in sq]
+def _block_totals(trees_leaves, keys, axes, axis_name):
+  """Per tree, the per-block sums of (prescaled) squares.
 
-
-def _block_vector_plan(leaves, keys, axes):
-  """Static layout of all blocks in one vector, or None if not batchable.
-
-  Returns ``(segments, n_blocks, slots)``: ``segments`` maps each entry of
-  the concatenated per-leaf partial sums to its block (None when entries are
-  blocks already, as for ``"leaf"`` and ``"unit"``); ``slots[i]`` is
-  ``(start, size, shape)`` of leaf ``i``'s norms in the block vector.
+  Returns ``(index, totals)``: ``index[i]`` is leaf ``i``'s block and
+  ``totals[t][b]`` block ``b``'s sum of squares in tree ``t``, psum-med over
+  ``axis_name``; the norm is ``sqrt(total) * 2**_SHIFT``.
   """
-  if len({_acc_dtype(x) for x in leaves}) != 1:
-    return None  # a block could mix float32 and float64 partial sums
-  shapes = [jnp.shape(x) for x in leaves]
-  full = [len(a) == len(s) for a, s in zip(axes, shapes)]
-  if not all(full):  # "unit": every entry is its own block
-    slots, start = [], 0
-    for s, a, f in zip(shapes, axes, full):
-      shape = () if f else tuple(1 if d in a else n for d, n in enumerate(s))
-      size = 1 if f else s[-1]
-      slots.append((start, size, shape))
-      start += size
-    return None, start, slots
-  ids: dict[Any, int] = {}
-  segments = [ids.setdefault(k, len(ids)) for k in keys]
-  slots = [(b, 1, ()) for b in segments]
-  if len(ids) == len(keys):
-    segments = None
-  return segments, len(ids), slots
-
-
-def _block_vectors(trees_leaves, keys, axes, axis_name):
-  """Block norms of each leaf list as ONE vector, or None (not batchable).
-
-  Per-leaf partial sums of squares (one reduction per leaf, the only pass
-  over the data) are concatenated, summed per block with one segment sum,
-  ``psum``-med once, and all scalar work after that (sqrt, and whatever the
-  caller does with the norms) is one small vectorized op instead of one per
-  leaf. This keeps the compiled step small: per-leaf scalar chains cost an
-  XLA fusion (and compile time, and launch time) each.
-  """
-  plan = _block_vector_plan(trees_leaves[0], keys, axes)
-  if plan is None:
-    return None
-  segments, n_blocks, slots = plan
-  out = []
+  out, index = [], None
   for leaves in trees_leaves:
-    parts = [jnp.reshape(_sum_sq(x, a), (-1,)) for x, a in zip(leaves, axes)]
-    sq = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-    if segments is not None:
-      sq = jax.ops.segment_sum(
-          sq, jnp.asarray(segments, jnp.int32), num_segments=n_blocks
-      )
-    out.append(sq)
+    parts = [_sum_sq(x, a) for x, a in zip(leaves, axes)]
+    index, tot = _group_totals(parts, keys)
+    out.append(tot)
   if axis_name is not None:
     out = lax.psum(out, axis_name)
-  return [safe_sqrt(s) * (2.0 ** _SHIFT) for s in out], slots
-
-
-def _split(vector, slots):
-  """Per-leaf views of a block vector: scalars, or keepdims unit rows."""
-  out = []
-  for start, size, shape in slots:
-    if not shape:
-      out.append(vector[start])
-    else:
-      out.append(jnp.reshape(vector[start:start + size], shape))
-  return out
+  return index, out
 
 
 def block_norm_map(
@@ -270,17 +232,16 @@ def block_norm_map(
     blocks: BlockSpec = "layer",
     axis_name: str | None = None,
 ) -> Any:
-  """Applies an elementwise ``fn`` to block norms, batched across all blocks.
+  """Applies an elementwise ``fn`` to block norms, once per block.
 
-  ``fn(norms_of_tree, *norms_of_others)`` gets the block norms of ``tree``
-  (and of each tree in ``others``, which must share its structure and block
-  layout, e.g. params next to updates) and returns an array, or a tuple of
-  arrays, of the same shape. Where possible it is called ONCE on 1-D vectors
-  holding every block's norm, so the per-block scalar math compiles to a few
-  vectorized ops rather than a chain per leaf; otherwise (leaves of mixed
-  float32/float64 accumulation) it is called per leaf. Either way the result
-  is laid out like :func:`block_norms`: per leaf, a scalar or a keepdims
-  ``"unit"`` row that broadcasts against the leaf.
+  ``fn(norm_of_tree, *norms_of_others)`` gets a block's norm in ``tree``
+  (and in each tree of ``others``, which must share its structure, e.g.
+  params next to updates) and returns an array, or a tuple of arrays, of the
+  same shape. It runs once per block, not once per leaf, and every leaf of
+  the block gets the same result: the per-block scalar math is computed once
+  and each leaf's consumer sees a plain scalar operand, which keeps the
+  compiled step small (XLA compiles one kernel per distinct fused
+  computation, and identical per-leaf computations are shared).
 
   Args:
     fn: an elementwise function of one norm array per tree.
@@ -290,15 +251,20 @@ def block_norm_map(
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    A pytree with the structure of ``tree`` (a tuple of such pytrees if
-    ``fn`` returns a tuple).
+    A pytree with the structure of ``tree`` laid out like
+    :func:`block_norms` (per leaf a scalar, or a keepdims ``"unit"`` row),
+    or a tuple of such pytrees if ``fn`` returns a tuple.
 
   Example:
     >>> import jax.numpy as jnp, normopt
     >>> g = {"a": {"w": jnp.full(4, 3.0)}, "b": {"w": jnp.full(4, 0.5)}}
     >>> inv = normopt.blocks.block_norm_map(lambda n: 1 / n, g, blocks="layer")
-    >>> float(inv["a"]["w"]), float(inv["b"]["w"])
-    (0.1666666716337204, 1.0)
+    >>> round(float(inv["a"]["w"]), 6), float(inv["b"]["w"])
+    (0.166667, 1.0)
+
+  References:
+    Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   check_blocks(blocks, "block_norm_map")
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -308,24 +274,19 @@ def block_norm_map(
   leaves = [l for _, l in flat]
   others_leaves = [treedef.flatten_up_to(o) for o in others]
   keys, axes = _leaf_partition(paths, leaves, blocks)
-  batched = _block_vectors([leaves, *others_leaves], keys, axes, axis_name)
-  if batched is not None:
-    vectors, slots = batched
-    res = fn(*vectors)
-    if isinstance(res, tuple):
-      return tuple(
-          jax.tree_util.tree_unflatten(treedef, _split(r, slots)) for r in res
-      )
-    return jax.tree_util.tree_unflatten(treedef, _split(res, slots))
-  per_tree = [
-      _norms_flat(ls, keys, axes, axis_name) for ls in (leaves, *others_leaves)
+  index, totals = _block_totals(
+      [leaves, *others_leaves], keys, axes, axis_name
+  )
+  per_block = [
+      fn(*[safe_sqrt(tot[b]) * (2.0 ** _SHIFT) for tot in totals])
+      for b in range(len(totals[0]))
   ]
-  res = [fn(*ns) for ns in zip(*per_tree)]
-  if res and isinstance(res[0], tuple):
+  if isinstance(per_block[0], tuple):
     return tuple(
-        jax.tree_util.tree_unflatten(treedef, list(r)) for r in zip(*res)
+        jax.tree_util.tree_unflatten(treedef, [per_block[b][j] for b in index])
+        for j in range(len(per_block[0]))
     )
-  return jax.tree_util.tree_unflatten(treedef, res)
+  return jax.tree_util.tree_unflatten(treedef, [per_block[b] for b in index])
 
 
 def block_norms(

@@ -64,8 +64,10 @@ def block_normalize(
 
   def update_fn(updates, state, params=None):
     del params
-    norms = _blocks.block_norms(updates, blocks, axis_name)
-    scales = jax.tree.map(lambda n: _blocks.inv_norm(n, eps), norms)
+    scales = _blocks.block_norm_map(
+        lambda n: _blocks.inv_norm(n, eps), updates,
+        blocks=blocks, axis_name=axis_name,
+    )
     return _scale_leaves(updates, scales), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -128,13 +130,13 @@ def ngadap_scale(
   def update_fn(updates, state, params=None):
     _blocks.require_params(params, "ngadap_scale")
     _blocks.check_same_structure(updates, params, "ngadap_scale")
-    g_norms = _blocks.block_norms(updates, blocks, axis_name)
-    w_norms = _blocks.block_norms(params, blocks, axis_name)
-    scales = jax.tree.map(
+    scales = _blocks.block_norm_map(
         lambda gn, wn: alpha * jnp.maximum(wn, min_param_norm)
         * _blocks.inv_norm(gn, eps),
-        g_norms,
-        w_norms,
+        updates,
+        params,
+        blocks=blocks,
+        axis_name=axis_name,
     )
     return _scale_leaves(updates, scales), state
 
@@ -183,8 +185,10 @@ def clip_block_norm(
 
   def update_fn(updates, state, params=None):
     del params
-    norms = _blocks.block_norms(updates, blocks, axis_name)
-    scales = jax.tree.map(lambda n: max_norm / jnp.maximum(n, max_norm), norms)
+    scales = _blocks.block_norm_map(
+        lambda n: max_norm / jnp.maximum(n, max_norm), updates,
+        blocks=blocks, axis_name=axis_name,
+    )
     return _scale_leaves(updates, scales), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -245,10 +249,11 @@ def scale_by_adagrad_bng(
 
   def update_fn(updates, state, params=None):
     del params
-    norms = _blocks.block_norms(updates, blocks, axis_name)
-    g_hat = jax.tree.map(
-        lambda g, n: g.astype(n.dtype) * _blocks.inv_norm(n, eps), updates, norms
+    norms, inv = _blocks.block_norm_map(
+        lambda n: (n, _blocks.inv_norm(n, eps)), updates,
+        blocks=blocks, axis_name=axis_name,
     )
+    g_hat = jax.tree.map(lambda g, i: g.astype(i.dtype) * i, updates, inv)
     sum_sq = jax.tree.map(
         lambda s, gh: s + jnp.square(gh), state.sum_of_squares, g_hat
     )
