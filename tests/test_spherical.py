@@ -232,9 +232,10 @@ def test_zero_vectors_and_zero_gradients_stay_finite():
   g1 = jax.tree.map(jnp.ones_like, w)
   tx = normopt.nd_adam(0.1, 0.1)
   s = tx.init(w)
-  u, s = tx.update(g0, s, w)  # zero gradient: no move at all
+  update = jax.jit(tx.update)
+  u, s = update(g0, s, w)  # zero gradient: no move at all
   chex.assert_trees_all_equal(u, g0)
-  u, s = tx.update(g1, s, w)
+  u, s = update(g1, s, w)
   chex.assert_tree_all_finite((u, s))
   new = optax.apply_updates(w, u)
   # The zero column leaves zero along the (unprojected) gradient onto the sphere;
@@ -275,16 +276,15 @@ def test_axis_name_sharded_input_axis_matches_unsharded():
 class _CNN(nn.Module):
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(8, (3, 3))(x))
-    x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    x = nn.relu(nn.Conv(6, (3, 3), strides=2)(x))
     return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 
 def test_nd_adam_trains_a_flax_cnn():
   from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   x, y = load_digits(return_X_y=True)
-  x = jnp.asarray(x[:128, :].reshape(-1, 8, 8, 1) / 16.0, jnp.float32)
-  y = jnp.asarray(y[:128])
+  x = jnp.asarray(x[:64, :].reshape(-1, 8, 8, 1) / 16.0, jnp.float32)
+  y = jnp.asarray(y[:64])
   model = _CNN()
   params = normopt.normalize_vectors(model.init(jax.random.key(0), x[:1]))
   conv = lambda path, leaf: (0, 1, 2) if leaf.ndim == 4 else None
@@ -307,5 +307,5 @@ def test_nd_adam_trains_a_flax_cnn():
   p = train(params)
   l0, l1 = float(loss(params)), float(loss(p))
   assert l1 < 0.5 * l0, (l0, l1)
-  k = np.asarray(p["params"]["Conv_1"]["kernel"]).reshape(-1, 8)
+  k = np.asarray(p["params"]["Conv_0"]["kernel"]).reshape(-1, 6)
   np.testing.assert_allclose(np.linalg.norm(k, axis=0), 1.0, rtol=1e-5)
