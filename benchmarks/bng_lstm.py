@@ -166,9 +166,52 @@ CLAIMS = [
 ]
 
 
-def _final(r):
-  v = r["final_val_loss"]
+def _val_at(r, frac):
+  """Validation loss after ``frac`` of the updates (inf if diverged)."""
+  v = r["val_loss"][round(frac * (len(r["val_loss"]) - 1))]
   return math.inf if v is None else v
+
+
+def _verdict(d, noise):
+  return ("holds" if d < -noise else
+          "does not hold" if d > noise else "within noise")
+
+
+def compute_claims(result):
+  """Fills ``result["claims"]`` and ``result["length_claims"]``."""
+  noise = result["config"]["noise"]
+  runs = result["runs"]
+  methods = set(next(iter(runs.values())))
+  result["claims"] = []
+  for claim, a, b in CLAIMS:
+    if a not in methods or b not in methods:
+      continue
+    for when, frac in (("final", 1.0), ("after 25% of updates", 0.25)):
+      diffs = {l: _val_at(r[a], frac) - _val_at(r[b], frac)
+               for l, r in runs.items()}
+      diffs = {l: d if math.isfinite(d) else math.copysign(1e9, d)
+               for l, d in diffs.items()}
+      result["claims"].append(
+          {"claim": claim, "when": when, "better": a, "worse": b,
+           "diff": diffs,
+           "verdict": {l: _verdict(d, noise) for l, d in diffs.items()}})
+  # The paper: NG helps more when the BPTT length (and so the risk of
+  # exploding gradients) is larger.
+  result["length_claims"] = []
+  lengths = sorted(runs, key=int)
+  short, long_ = lengths[0], lengths[-1]
+  for ng, base in (("AdamNG", "Adam"), ("AdaGradNG", "AdaGrad"),
+                   ("SGDM-NG", "SGDM")):
+    if len(lengths) < 2 or ng not in methods or base not in methods:
+      continue
+    gain = {l: _val_at(runs[l][ng], 1.0) - _val_at(runs[l][base], 1.0)
+            for l in (short, long_)}
+    d = gain[long_] - gain[short]
+    d = d if math.isfinite(d) else math.copysign(1e9, d)
+    result["length_claims"].append(
+        {"claim": f"{ng}'s gain over {base} is larger at BPTT {long_} "
+                  f"than at {short}", "gain": gain, "diff": d,
+         "verdict": _verdict(d, noise)})
 
 
 def write_outputs(result, out_dir):
@@ -223,14 +266,22 @@ def write_outputs(result, out_dir):
       v = r["final_val_loss"]
       cells += ["diverged" if v is None else f"{v:.3f}", f"{r['seconds']:.0f}"]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += ["", "| claim | " + " | ".join(f"BPTT {l}" for l in lengths)
-            + " |", "|---|" + "---|" * len(lengths)]
+  lines += ["", "| claim | when | " + " | ".join(
+      f"BPTT {l}" for l in lengths) + " |", "|---|---|" + "---|" * len(lengths)]
   for c in result["claims"]:
     cells = [f"{c['diff'][l]:+.3f} ({c['verdict'][l]})" for l in lengths]
-    lines.append(f"| {c['claim']} | " + " | ".join(cells) + " |")
-  lines += ["", "Cells: final validation loss of the first method minus the "
-            "second (negative: the claim holds). One seed; differences below "
-            f"{cfg['noise']} nats are called within noise.", "",
+    lines.append(f"| {c['claim']} | {c['when']} | " + " | ".join(cells) + " |")
+  lines += ["", "Cells: validation loss of the first method minus the "
+            "second (negative: the claim holds)."]
+  if result.get("length_claims"):
+    lines += ["", "| claim | NG minus plain, short / long BPTT | "
+              "difference | verdict |", "|---|---|---|---|"]
+    for c in result["length_claims"]:
+      g = " / ".join(f"{v:+.3f}" for v in c["gain"].values())
+      lines.append(f"| {c['claim']} | {g} | {c['diff']:+.3f} | "
+                   f"{c['verdict']} |")
+  lines += ["", f"One seed; differences below {cfg['noise']} nats are "
+            "called within noise.", "",
             f"Ran on: {cfg['machine']}."]
   with open(os.path.join(out_dir, "bng_lstm.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -303,23 +354,13 @@ def main(argv=None):
             "seconds": time.perf_counter() - t0,
         }
 
-  result["claims"] = []
-  for claim, a, b in CLAIMS:
-    if a not in txs or b not in txs:
-      continue
-    diffs, verdicts = {}, {}
-    for l, runs in result["runs"].items():
-      d = _final(runs[a]) - _final(runs[b])
-      diffs[l] = d if math.isfinite(d) else (-1e9 if d < 0 else 1e9)
-      verdicts[l] = ("holds" if d < -noise else
-                     "does not hold" if d > noise else "within noise")
-    result["claims"].append(
-        {"claim": claim, "better": a, "worse": b, "diff": diffs,
-         "verdict": verdicts})
+  compute_claims(result)
   write_outputs(result, args.out)
   for c in result["claims"]:
-    print(c["claim"], {l: f"{c['diff'][l]:+.3f} {c['verdict'][l]}"
-                       for l in c["diff"]})
+    print(c["claim"], f"({c['when']})",
+          {l: f"{c['diff'][l]:+.3f} {c['verdict'][l]}" for l in c["diff"]})
+  for c in result["length_claims"]:
+    print(c["claim"], f"{c['diff']:+.3f} {c['verdict']}")
   return result
 
 
