@@ -90,3 +90,25 @@ def test_sngd_methods_take_steps_of_the_scheduled_length():
     if name.startswith("SGD"):
       expected *= float(optax.tree.norm(g))
     assert float(optax.tree.norm(u)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_committed_full_results_are_consistent():
+  path = ROOT / "benchmarks" / "results" / "s_sngd.json"
+  if not path.exists():
+    pytest.skip("full results not committed yet")
+  mod = _load()
+  payload = json.loads(path.read_text())
+  cfg = payload["config"]
+  assert cfg["models"] == ["mlp", "cnn"]
+  assert cfg["stage_rates"] == pytest.approx(list(mod.STAGE_RATES))
+  # Stage t starts where Algorithm 2 says: cumulative ceil(S / alpha_t).
+  bounds = np.cumsum([math.ceil(cfg["stage_length"] / a)
+                      for a in cfg["stage_rates"][:-1]]).tolist()
+  assert cfg["stage_boundaries"] == bounds
+  n_points = cfg["steps"] // cfg["eval_every"] + 1
+  for per in payload["results"].values():
+    assert list(per) == cfg["methods"]
+    for res in per.values():
+      arr = np.asarray(res["train_loss"])
+      assert arr.shape == (cfg["seeds"], n_points)
+      assert np.all(np.isfinite(arr))
