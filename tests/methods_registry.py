@@ -30,10 +30,11 @@ class Method(NamedTuple):
 # (~1e-4 relative after 3 steps; optax.scale_by_adam shows the same against
 # inject_hyperparams). Scaling by 1e-2, as a learning rate would, keeps that
 # inside the suite's tolerance while testing the primitive itself.
-def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold):
+def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, **kw):
+  # **kw: e.g. axis_name, which tests/distributed_checks.py passes.
   return optax.chain(
       normopt.scale_by_adanorm_moments(
-          "adam", gamma, b1, b2, eps, eps_root, threshold
+          "adam", gamma, b1, b2, eps, eps_root, threshold, **kw
       ),
       optax.scale(1e-2),
   )
