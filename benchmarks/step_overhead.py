@@ -1,0 +1,572 @@
+"""Step overhead: every normopt optimizer against its stock optax base.
+
+For each optimizer and three synthetic parameter trees (ResNet-50-like,
+transformer-like, many tiny leaves) this measures
+
+* the jitted full training-step time (``update`` + ``apply_updates``, params
+  and optimizer state donated like a real train step), after warm-up, with the
+  normopt variant and its optax base interleaved (ABBA order); the reported
+  step ratio is the median of >= 20 per-repetition ratios;
+* the compile-time ratio: ``jit(step).lower(...).compile()`` timed, fresh
+  (new optimizer, new closure) each time, the two variants interleaved;
+* the optimizer-state size in bytes (from ``jax.eval_shape``, no allocation).
+
+Optimizers that other modules have not added yet are skipped (``hasattr``).
+
+Usage (from the repository root)::
+
+  python benchmarks/step_overhead.py            # full: ~10 min on 2 cores
+  python benchmarks/step_overhead.py --quick --out /tmp/so
+
+The full run writes ``benchmarks/results/step_overhead.json`` and
+``benchmarks/results/step_overhead.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import normopt
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RESULTS = os.path.join(_HERE, "results")
+
+
+# ----------------------------------------------------------------------------
+# Synthetic parameter trees (host NumPy, float32). Nesting follows Flax: a
+# module's leaves share a parent path, so blocks="layer" finds real layers.
+# ----------------------------------------------------------------------------
+
+
+def resnet50_shapes(
+    width: int = 64, classes: int = 1000, stages=(3, 4, 6, 3)
+) -> dict:
+  """ResNet-50 (bottleneck [3, 4, 6, 3]) conv/BN/fc shapes: 161 leaves."""
+  tree = {
+      "conv_init": {"kernel": (7, 7, 3, width)},
+      "bn_init": {"scale": (width,), "bias": (width,)},
+  }
+  cin = width
+  for s, n_blocks in enumerate(stages):
+    mid = width * 2**s
+    out = 4 * mid
+    for b in range(n_blocks):
+      block = {
+          "conv1": {"kernel": (1, 1, cin, mid)},
+          "bn1": {"scale": (mid,), "bias": (mid,)},
+          "conv2": {"kernel": (3, 3, mid, mid)},
+          "bn2": {"scale": (mid,), "bias": (mid,)},
+          "conv3": {"kernel": (1, 1, mid, out)},
+          "bn3": {"scale": (out,), "bias": (out,)},
+      }
+      if b == 0:
+        block["proj_conv"] = {"kernel": (1, 1, cin, out)}
+        block["proj_bn"] = {"scale": (out,), "bias": (out,)}
+      tree[f"stage{s}_block{b}"] = block
+      cin = out
+  tree["head"] = {"kernel": (cin, classes), "bias": (classes,)}
+  return tree
+
+
+def transformer_shapes(
+    d: int = 512, layers: int = 25, vocab: int = 32768, seq: int = 1024
+) -> dict:
+  """Pre-LN decoder: 16 leaves per layer (q, k, v, o, fc1, fc2, 2 LNs)."""
+  tree = {
+      "embed": {"embedding": (vocab, d)},
+      "pos_embed": {"embedding": (seq, d)},
+      "ln_f": {"scale": (d,), "bias": (d,)},
+  }
+  dense = lambda i, o: {"kernel": (i, o), "bias": (o,)}
+  for i in range(layers):
+    tree[f"layer{i}"] = {
+        "ln1": {"scale": (d,), "bias": (d,)},
+        "attn": {n: dense(d, d) for n in ("query", "key", "value", "out")},
+        "ln2": {"scale": (d,), "bias": (d,)},
+        "mlp": {"fc1": dense(d, 4 * d), "fc2": dense(4 * d, d)},
+    }
+  return tree
+
+
+def tiny_leaves_shapes(layers: int = 1000, width: int = 44) -> dict:
+  """Many small Dense layers: ``2 * layers`` leaves of ~width**2 params."""
+  return {
+      f"dense{i}": {"kernel": (width, width), "bias": (width,)}
+      for i in range(layers)
+  }
+
+
+def tree_specs(quick: bool) -> dict[str, dict]:
+  if quick:
+    return {
+        "resnet50": resnet50_shapes(width=4, classes=10, stages=(1,)),
+        "transformer": transformer_shapes(d=8, layers=1, vocab=32, seq=8),
+        "tiny_leaves": tiny_leaves_shapes(layers=4, width=8),
+    }
+  return {
+      "resnet50": resnet50_shapes(),
+      "transformer": transformer_shapes(),
+      "tiny_leaves": tiny_leaves_shapes(),
+  }
+
+
+def _is_shape(x):
+  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def materialize(shapes: dict, seed: int, scale: float) -> Any:
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: (scale * rng.standard_normal(s, dtype=np.float32)),
+      shapes,
+      is_leaf=_is_shape,
+  )
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------
+# Optimizers and their bases.
+# ----------------------------------------------------------------------------
+
+
+class Pair(NamedTuple):
+  name: str  # normopt attribute
+  make: Callable[[], optax.GradientTransformation]
+  base: str  # how the base is named in the report
+  make_base: Callable[[], optax.GradientTransformation]
+  blocks: str  # the alias's default block mode (for the O(#blocks) check)
+
+
+_ADAM = ("optax.adam", lambda: optax.adam(1e-3))
+_SGDM = ("optax.sgd(momentum=0.9)", lambda: optax.sgd(0.1, momentum=0.9))
+_ADAGRAD = ("optax.adagrad", lambda: optax.adagrad(0.1))
+
+
+def _n(name):
+  return lambda *a, **k: getattr(normopt, name)(*a, **k)
+
+
+PAIRS = [
+    Pair("adam_ng", lambda: _n("adam_ng")(1e-3), *_ADAM, "layer"),
+    Pair("adam_norm", lambda: _n("adam_norm")(1e-3), *_ADAM, "leaf"),
+    Pair("adam_ngadap", lambda: _n("adam_ngadap")(1e-3), *_ADAM, "layer"),
+    Pair("sgd_ng", lambda: _n("sgd_ng")(0.1, momentum=0.9), *_SGDM, "layer"),
+    Pair("sgd_ngadap", lambda: _n("sgd_ngadap")(0.1, momentum=0.9), *_SGDM,
+         "layer"),
+    Pair("adagrad_ng", lambda: _n("adagrad_ng")(0.1), *_ADAGRAD, "layer"),
+    Pair("adagrad_bng", lambda: _n("adagrad_bng")(0.1), *_ADAGRAD, "layer"),
+    Pair("diffgrad", lambda: _n("diffgrad")(1e-3), *_ADAM, "leaf"),
+    Pair("diffgrad_norm", lambda: _n("diffgrad_norm")(1e-3), *_ADAM, "leaf"),
+    Pair("radam_norm", lambda: _n("radam_norm")(1e-3), "optax.radam",
+         lambda: optax.radam(1e-3), "leaf"),
+    Pair("adabelief_norm", lambda: _n("adabelief_norm")(1e-3),
+         "optax.adabelief", lambda: optax.adabelief(1e-3), "leaf"),
+    Pair("nd_adam",
+         lambda: _n("nd_adam")(learning_rate_vector=0.05,
+                               learning_rate_scalar=1e-3),
+         *_ADAM, "unit"),
+    Pair("sngd", lambda: _n("sngd")(0.1), "optax.sgd", lambda: optax.sgd(0.1),
+         "global"),
+]
+
+# (optimizer, metric, limit): the targets of issue 6.
+TARGETS = [
+    ("adam_ng", "step_ratio", 1.15),
+    ("adam_norm", "step_ratio", 1.15),
+    ("sgd_ng", "step_ratio", 1.2),
+    ("nd_adam", "step_ratio", 1.5),
+] + [(p.name, "compile_ratio", 1.5) for p in PAIRS]
+
+
+def available_pairs(only=None):
+  return [
+      p for p in PAIRS
+      if hasattr(normopt, p.name) and (not only or p.name in only)
+  ]
+
+
+# ----------------------------------------------------------------------------
+# Measurement.
+# ----------------------------------------------------------------------------
+
+
+def make_step(tx):
+  """A fresh closure: a real train step's optimizer part, buffers donated."""
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def count_blocks(params, mode):
+  if mode == "unit":
+    return int(sum(
+        x.shape[-1] if x.ndim >= 2 else 1 for x in jax.tree.leaves(params)))
+  return len(normopt.block_partition(params, mode))
+
+
+class Variant:
+  """One optimizer on one tree: its compiled step and its live buffers."""
+
+  def __init__(self, make_tx, params_host, grads, sphere):
+    self.make_tx = make_tx
+    self.params_host = params_host
+    self.grads = grads
+    self.sphere = sphere
+    self.compiled = None
+    self.params = self.state = None
+
+  def fresh_params(self):
+    p = jax.tree.map(jnp.array, self.params_host)
+    if self.sphere and hasattr(normopt, "normalize_vectors"):
+      p = normopt.normalize_vectors(p)
+    return p
+
+  def state_bytes(self):
+    tx = self.make_tx()
+    shapes = jax.eval_shape(tx.init, self.params_host)
+    return int(sum(
+        math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes)))
+
+  def compile_once(self):
+    """Lower + compile with a fresh optimizer and closure; returns seconds."""
+    tx = self.make_tx()
+    if self.params is None:
+      self.params = self.fresh_params()
+      self.state = jax.block_until_ready(tx.init(self.params))
+    t0 = time.perf_counter()
+    compiled = make_step(tx).lower(self.params, self.state, self.grads).compile()
+    dt = time.perf_counter() - t0
+    self.compiled = compiled
+    return dt
+
+  def run(self, n):
+    """``n`` steps; returns seconds per step."""
+    p, s, g, f = self.params, self.state, self.grads, self.compiled
+    t0 = time.perf_counter()
+    for _ in range(n):
+      p, s = f(p, s, g)
+    jax.block_until_ready((p, s))
+    dt = time.perf_counter() - t0
+    self.params, self.state = p, s
+    return dt / n
+
+  def release(self):
+    self.compiled = self.params = self.state = None
+
+
+def _quantiles(xs):
+  q = np.quantile(np.asarray(xs), [0.25, 0.5, 0.75])
+  return [float(v) for v in q]
+
+
+def measure_pair(pair, params_host, grads, reps, compile_reps, min_time):
+  ng = Variant(pair.make, params_host, grads, sphere=pair.name == "nd_adam")
+  base = Variant(pair.make_base, params_host, grads, sphere=False)
+  out = {"optimizer": pair.name, "base": pair.base}
+  out["state_bytes"] = ng.state_bytes()
+  out["base_state_bytes"] = base.state_bytes()
+  out["extra_state_bytes"] = out["state_bytes"] - out["base_state_bytes"]
+  out["n_blocks"] = count_blocks(params_host, pair.blocks)
+  out["blocks"] = pair.blocks
+
+  # Compile time: fresh each, interleaved, alternating which goes first.
+  c_ng, c_base = [], []
+  for r in range(compile_reps):
+    order = (base, ng) if r % 2 == 0 else (ng, base)
+    for v in order:
+      (c_base if v is base else c_ng).append(v.compile_once())
+  out["compile_s"] = statistics.median(c_ng)
+  out["base_compile_s"] = statistics.median(c_base)
+  out["compile_ratios"] = [a / b for a, b in zip(c_ng, c_base)]
+  out["compile_ratio"] = statistics.median(out["compile_ratios"])
+
+  # Step time: warm-up, calibrate the steps per measurement, ABBA interleave.
+  for v in (base, ng):
+    v.run(2)
+  t1 = min(base.run(1), base.run(1))
+  inner = max(1, math.ceil(min_time / t1))
+  t_ng, t_base, ratios = [], [], []
+  for r in range(reps):
+    order = (base, ng) if r % 2 == 0 else (ng, base)
+    times = {}
+    for v in order:
+      times[id(v)] = v.run(inner)
+    t_ng.append(times[id(ng)])
+    t_base.append(times[id(base)])
+    ratios.append(times[id(ng)] / times[id(base)])
+  finite = all(
+      bool(jnp.all(jnp.isfinite(x)))
+      for x in jax.tree.leaves((ng.params, ng.state))
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  )
+  ng.release()
+  base.release()
+  out["steps_per_measurement"] = inner
+  out["step_ms"] = 1e3 * statistics.median(t_ng)
+  out["base_step_ms"] = 1e3 * statistics.median(t_base)
+  out["step_ratios"] = ratios
+  q25, med, q75 = _quantiles(ratios)
+  out["step_ratio"] = med
+  out["step_ratio_q25"] = q25
+  out["step_ratio_q75"] = q75
+  out["finite_after_steps"] = finite
+  return out
+
+
+def _load():
+  try:
+    return [float(x) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def run(quick: bool, only=None, trees=None, checkpoint=None):
+  # One fresh compile per variant (it also gives the executable that is
+  # timed): a full run compiles 78 steps of up to 2,000 leaves, which on a
+  # shared 2-core CPU already takes most of the run.
+  reps, compile_reps, min_time = (3, 1, 0.0) if quick else (21, 1, 0.05)
+  pairs = available_pairs(only)
+  specs = tree_specs(quick)
+  if trees:
+    specs = {k: v for k, v in specs.items() if k in trees}
+  skipped = [p.name for p in PAIRS if not hasattr(normopt, p.name)]
+  meta = {
+      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "quick": quick,
+      "jax": jax.__version__,
+      "optax": optax.__version__,
+      "backend": jax.default_backend(),
+      "device": str(jax.devices()[0].device_kind),
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "reps": reps,
+      "compile_reps": compile_reps,
+      "loadavg_start": _load(),
+      "skipped_not_in_normopt": skipped,
+  }
+  results, tree_info = [], {}
+  bar = tqdm(total=len(pairs) * len(specs), desc="step_overhead")
+  for t_i, (tname, shapes) in enumerate(specs.items()):
+    params_host = materialize(shapes, seed=t_i, scale=0.05)
+    grads = jax.tree.map(jnp.asarray, materialize(shapes, seed=100 + t_i,
+                                                  scale=1e-2))
+    tree_info[tname] = {
+        "n_params": int(sum(x.size for x in jax.tree.leaves(params_host))),
+        "n_leaves": len(jax.tree.leaves(params_host)),
+        "n_layer_blocks": count_blocks(params_host, "layer"),
+        "param_bytes": tree_bytes(params_host),
+    }
+    for pair in pairs:
+      bar.set_postfix_str(f"{tname}/{pair.name}")
+      r = measure_pair(pair, params_host, grads, reps, compile_reps, min_time)
+      r["tree"] = tname
+      results.append(r)
+      bar.update()
+      gc.collect()
+      if checkpoint is not None:
+        checkpoint({"meta": meta, "trees": tree_info, "results": results,
+                    "targets": evaluate_targets(results)})
+    del params_host, grads
+    gc.collect()
+  bar.close()
+  meta["loadavg_end"] = _load()
+  return {
+      "meta": meta,
+      "trees": tree_info,
+      "results": results,
+      "targets": evaluate_targets(results),
+  }
+
+
+def evaluate_targets(results):
+  rows = []
+  for r in results:
+    for name, metric, limit in TARGETS:
+      if r["optimizer"] == name:
+        rows.append({
+            "optimizer": name, "tree": r["tree"], "metric": metric,
+            "limit": limit, "value": r[metric], "met": r[metric] <= limit,
+        })
+    # State bytes <= base + O(#blocks): at most 8 bytes per block (+ counts).
+    # diffgrad keeps g_prev (one tensor the size of params) by its
+    # definition; it is reported, not held to this bound.
+    if r["optimizer"] not in ("diffgrad", "diffgrad_norm"):
+      rows.append({
+          "optimizer": r["optimizer"], "tree": r["tree"],
+          "metric": "extra_state_bytes",
+          "limit": 8 * r["n_blocks"] + 64,
+          "value": r["extra_state_bytes"],
+          "met": r["extra_state_bytes"] <= 8 * r["n_blocks"] + 64,
+      })
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# Report.
+# ----------------------------------------------------------------------------
+
+
+def _fmt_bytes(n):
+  sign = "-" if n < 0 else "+" if n > 0 else ""
+  n = abs(n)
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+    n /= 1024
+
+
+def to_markdown(data) -> str:
+  meta, trees, results = data["meta"], data["trees"], data["results"]
+  tnames = list(trees)
+  lines = [
+      "# Step overhead: normopt optimizers vs their optax base",
+      "",
+      f"Run {meta['date_utc']} on {meta['device']} ({meta['cpu_count']} "
+      f"cores, {meta['platform']}), jax {meta['jax']}, optax {meta['optax']}; "
+      f"load average at start {meta['loadavg_start']}, at end "
+      f"{meta.get('loadavg_end')}. Step ratio: median of {meta['reps']} "
+      f"interleaved ratios (jitted update + apply_updates, buffers donated); "
+      f"compile ratio: median of {meta['compile_reps']} fresh "
+      "lower+compile. Lower is better; 1.00x = as fast as the base.",
+      "",
+      "| tree | params | leaves | layer blocks |",
+      "|---|---:|---:|---:|",
+  ]
+  for t in tnames:
+    i = trees[t]
+    lines.append(f"| {t} | {i['n_params']/1e6:.2f}M | {i['n_leaves']} | "
+                 f"{i['n_layer_blocks']} |")
+  lines += ["", "## Step-time ratio (normopt / base)", ""]
+  by = {(r["optimizer"], r["tree"]): r for r in results}
+  opts = list(dict.fromkeys(r["optimizer"] for r in results))
+  head = "| optimizer | base | " + " | ".join(tnames) + " |"
+  lines += [head, "|---|---|" + "---:|" * len(tnames)]
+  for o in opts:
+    cells = []
+    for t in tnames:
+      r = by.get((o, t))
+      cells.append("" if r is None else
+                   f"{r['step_ratio']:.2f}x ({r['step_ms']:.1f} / "
+                   f"{r['base_step_ms']:.1f} ms)")
+    base = next(r["base"] for r in results if r["optimizer"] == o)
+    lines.append(f"| `{o}` | `{base}` | " + " | ".join(cells) + " |")
+  lines += ["", "## Compile-time ratio and optimizer-state bytes", ""]
+  head = ("| optimizer | " + " | ".join(f"compile {t}" for t in tnames)
+          + " | " + " | ".join(f"state vs base, {t}" for t in tnames) + " |")
+  lines += [head, "|---|" + "---:|" * (2 * len(tnames))]
+  for o in opts:
+    cc, sc = [], []
+    for t in tnames:
+      r = by.get((o, t))
+      cc.append("" if r is None else
+                f"{r['compile_ratio']:.2f}x ({r['compile_s']:.2f} s)")
+      sc.append("" if r is None else
+                f"{_fmt_bytes(r['extra_state_bytes'])} "
+                f"({r['n_blocks']} {r['blocks']} blocks)")
+    lines.append(f"| `{o}` | " + " | ".join(cc) + " | " + " | ".join(sc)
+                 + " |")
+  lines += ["", "## Targets (issue 6)", "",
+            "| optimizer | tree | metric | value | limit | met |",
+            "|---|---|---|---:|---:|---|"]
+  for t in data["targets"]:
+    if t["metric"] == "extra_state_bytes":
+      v, lim = _fmt_bytes(t["value"]), _fmt_bytes(t["limit"])
+    else:
+      v, lim = f"{t['value']:.2f}x", f"{t['limit']:.2f}x"
+    lines.append(f"| `{t['optimizer']}` | {t['tree']} | {t['metric']} | {v} "
+                 f"| {lim} | {'yes' if t['met'] else '**no**'} |")
+  if meta["skipped_not_in_normopt"]:
+    lines += ["", "Not in normopt at run time (skipped): "
+              + ", ".join(f"`{s}`" for s in meta["skipped_not_in_normopt"])
+              + "."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(data, path):
+  """Bar chart of step and compile ratios per optimizer and tree."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tnames = list(data["trees"])
+  opts = list(dict.fromkeys(r["optimizer"] for r in data["results"]))
+  by = {(r["optimizer"], r["tree"]): r for r in data["results"]}
+  fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+  w = 0.8 / len(tnames)
+  x = np.arange(len(opts))
+  for ax, metric, title in ((axes[0], "step_ratio", "step time"),
+                            (axes[1], "compile_ratio", "compile time")):
+    for j, t in enumerate(tnames):
+      ys = [by[(o, t)][metric] if (o, t) in by else np.nan for o in opts]
+      ax.bar(x + (j - (len(tnames) - 1) / 2) * w, ys, w, label=t)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(1.5, color="r", lw=0.8, ls="--")
+    ax.set_ylabel(f"{title} / optax base")
+    ax.set_yscale("log")
+  axes[0].legend(fontsize=8)
+  axes[1].set_xticks(x, opts, rotation=35, ha="right")
+  axes[0].set_title("normopt step overhead vs optax (dashed: 1.5x)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true",
+                  help="tiny trees, few repetitions (seconds)")
+  ap.add_argument("--out", default=None,
+                  help="output directory (default benchmarks/results; "
+                       "required with --quick)")
+  ap.add_argument("--only", nargs="*", help="optimizer names to run")
+  ap.add_argument("--trees", nargs="*", help="tree names to run")
+  args = ap.parse_args(argv)
+  out = args.out
+  if out is None:
+    if args.quick or args.only or args.trees:
+      ap.error("--quick/--only/--trees write partial results: pass --out")
+    out = _RESULTS
+  os.makedirs(out, exist_ok=True)
+
+  def write(data, final=False):
+    with open(os.path.join(out, "step_overhead.json"), "w") as f:
+      json.dump(data, f, indent=1)
+    md = to_markdown(data)
+    with open(os.path.join(out, "step_overhead.md"), "w") as f:
+      f.write(md)
+    if final:
+      plot(data, os.path.join(out, "step_overhead.png"))
+    return md
+
+  # Partial results are written after every pair (a long run can be cut).
+  data = run(args.quick, args.only, args.trees, checkpoint=write)
+  data["meta"]["complete"] = True
+  print(write(data, final=True))
+  return data
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,89 @@
+"""benchmarks/step_overhead.py keeps working: one --quick run, its JSON checked.
+
+Timings are never asserted (the CPU is shared); only structure, finiteness and
+relations that hold by construction (state bytes) are.
+"""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+import normopt
+
+_BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+sys.path.insert(0, os.path.abspath(_BENCH))
+import step_overhead  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# A subset keeps this test to a few dozen small compiles; the full benchmark
+# covers every optimizer.
+_ONLY = ["adam_ng", "adam_norm", "sgd_ng", "sngd", "nd_adam"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("step_overhead")
+  step_overhead.main(["--quick", "--out", str(out), "--only", *_ONLY])
+  with open(out / "step_overhead.json") as f:
+    data = json.load(f)
+  return data, out
+
+
+def test_writes_json_markdown_and_plot(quick_run):
+  data, out = quick_run
+  assert data["meta"]["quick"] and data["meta"]["complete"]
+  md = (out / "step_overhead.md").read_text()
+  assert "| `adam_ng` | `optax.adam` |" in md
+  assert (out / "step_overhead.png").stat().st_size > 0
+  assert set(data["trees"]) == {"resnet50", "transformer", "tiny_leaves"}
+
+
+def test_every_available_pair_on_every_tree(quick_run):
+  data, _ = quick_run
+  want = {n for n in _ONLY if hasattr(normopt, n)}
+  got = {(r["optimizer"], r["tree"]) for r in data["results"]}
+  assert got == {(o, t) for o in want for t in data["trees"]}
+
+
+def test_ratios_positive_finite_and_medians(quick_run):
+  data, _ = quick_run
+  for r in data["results"]:
+    assert len(r["step_ratios"]) == data["meta"]["reps"]
+    for key in ("step_ratio", "compile_ratio", "step_ms", "base_step_ms",
+                "compile_s", "base_compile_s"):
+      assert math.isfinite(r[key]) and r[key] > 0, (r["optimizer"], key)
+    assert r["step_ratio_q25"] <= r["step_ratio"] <= r["step_ratio_q75"]
+    assert r["finite_after_steps"], r["optimizer"]
+
+
+def test_state_bytes_relations(quick_run):
+  data, _ = quick_run
+  trees = data["trees"]
+  for r in data["results"]:
+    pbytes = trees[r["tree"]]["param_bytes"]
+    assert r["extra_state_bytes"] == r["state_bytes"] - r["base_state_bytes"]
+    name = r["optimizer"]
+    if name in ("adam_ng", "sgd_ng", "sngd"):
+      # Block normalization is stateless: exactly the base's state.
+      assert r["extra_state_bytes"] == 0, name
+    if name == "adam_ng":
+      assert r["base_state_bytes"] >= 2 * pbytes  # mu and nu
+    if name == "adam_norm":
+      # AdaNorm adds one float32 e per leaf block (+ a count at most).
+      assert 0 < r["extra_state_bytes"] <= 4 * r["n_blocks"] + 8
+    if name == "nd_adam":
+      # One second moment per unit vector instead of per element.
+      assert r["state_bytes"] < r["base_state_bytes"]
+
+
+def test_targets_cover_the_issue(quick_run):
+  data, _ = quick_run
+  rows = {(t["optimizer"], t["tree"], t["metric"]) for t in data["targets"]}
+  for t in data["trees"]:
+    assert ("adam_ng", t, "step_ratio") in rows
+    assert ("sgd_ng", t, "compile_ratio") in rows
+    assert ("adam_ng", t, "extra_state_bytes") in rows
+  for t in data["targets"]:
+    assert t["met"] == (t["value"] <= t["limit"])
