@@ -243,7 +243,8 @@ def scale_by_adagrad_bng(
   def init_fn(params):
     return ScaleByAdagradBNGState(
         sum_of_squares=jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), _blocks._acc_dtype(p)), params
+            # zeros_like keeps the parameter's sharding (jnp.zeros would not).
+            lambda p: jnp.zeros_like(p, dtype=_blocks._acc_dtype(p)), params
         )
     )
 

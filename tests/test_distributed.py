@@ -26,11 +26,10 @@ TOL = 1e-5  # max |sharded - single device| / max(1, |single device|)
 # Cheaper XLA:CPU compilation for the subprocesses: the programs are tiny and
 # compile time dominates.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-# Sharding in types (AxisType.Explicit): these inits build per-vector or
-# per-coordinate zeros without the parameter's sharding, so a jitted update
+# Sharding in types (AxisType.Explicit): ND-Adam's init builds its per-vector
+# second moment as fresh zeros without the parameter's sharding, so an update
 # returns a differently typed state. Numerically fine (see sharded_jit).
-KNOWN_EXPLICIT_TYPE_MISMATCH = {"scale_by_adagrad_bng", "adagrad_bng", "nd_adam",
-                                "scale_by_vector_adam"}
+KNOWN_EXPLICIT_TYPE_MISMATCH = {"nd_adam", "scale_by_vector_adam"}
 
 
 def _env():
