@@ -1,0 +1,33 @@
+"""benchmarks/flax_data_parallel.py --quick: pmap and sharded jit agree."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"
+
+
+def test_quick_pmap_and_sharded_jit_match(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # the script sets its own 8-device XLA flag; compile faster here.
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  proc = subprocess.run(
+      [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "flax_data_parallel.json").read_text())
+  hist = result["history"]
+  assert result["config"]["quick"] and result["config"]["devices"] == 8
+  assert len(hist) == result["config"]["epochs"] >= 2
+  for row in hist:
+    assert abs(row["loss_pmap"] - row["loss_jit"]) <= 1e-5 * max(1.0, row["loss_jit"])
+    assert row["max_loss_diff"] <= 1e-5 and row["max_param_diff"] <= 1e-5
+  assert hist[-1]["loss_jit"] < hist[0]["loss_jit"]  # it trains
+  assert (tmp_path / "flax_data_parallel.png").stat().st_size > 0
+  table = (tmp_path / "flax_data_parallel.md").read_text()
+  assert table.count("\n| ") == len(hist) + 1  # header + one row per epoch
+  assert "epoch 1" in proc.stdout or "epoch  1" in proc.stdout
