@@ -377,6 +377,11 @@ def make_cases(only=None):
         bname = b if isinstance(b, str) else "callable"
         cases[f"{tname}[{bname}]"] = Case(
             make(b), params, make(b, axis_name=AXIS), REDUCED_SPECS, False)
+      # Negative control: split leaves WITHOUT axis_name give shard-local
+      # norms; the test asserts this case deviates (the check has teeth).
+      if tname == "block_normalize":
+        cases[f"{tname}[layer, no axis_name: must deviate]"] = Case(
+            make("layer"), params, make("layer"), REDUCED_SPECS, False)
       # "unit" split along the output axis keeps whole units: no axis_name.
       cases[f"{tname}[unit, output split, no axis_name]"] = Case(
           make("unit"), params, make("unit"), UNIT_SPECS, False)

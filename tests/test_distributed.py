@@ -79,7 +79,9 @@ def test_explicit_sharding_state_types(checks):
 
 def test_shard_map_with_axis_name_matches_unsharded_for_every_blocks_mode(checks):
   out = _cases(checks, "shard_map")
-  devs = {k: v["max_dev"] for k, v in out.items()}
+  controls = {k: v["max_dev"] for k, v in out.items() if "must deviate" in k}
+  assert controls and min(controls.values()) > 1e-2, controls
+  devs = {k: v["max_dev"] for k, v in out.items() if k not in controls}
   assert max(devs.values()) <= TOL, devs
   modes = {k.split("[")[1].rstrip("]") for k in out if "[" in k}
   assert {"leaf", "layer", "global", "unit", "callable"} <= modes, modes
