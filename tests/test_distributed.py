@@ -136,3 +136,19 @@ def test_multiprocess_two_processes_match_single_process(tmp_path):
                      is_leaf=lambda x: isinstance(x, list)),
         ref, atol=TOL, rtol=TOL,
     )
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+def test_init_from_shape_dtype_structs_eagerly(method):
+  # As optax's sharding tests: init on abstract params (no arrays yet) gives
+  # the state that init on real params gives, shape for shape.
+  import jax.numpy as jnp
+
+  params = {"d": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}, "s": jnp.ones(2)}
+  tx = method.make(**method.kwargs)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  got = tx.init(abstract)
+  want = tx.init(params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype)
