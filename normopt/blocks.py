@@ -30,7 +30,12 @@ mapped axis, partial squared norms are ``psum``-med over it. Under ``jit`` with
 ``NamedSharding`` nothing is needed: norms are global already. For
 ``"unit"`` blocks only a split along the reduced (input) axes needs
 ``axis_name``; a split along the last (output) axis keeps whole units per
-shard and must not pass it.
+shard and must not pass it. The psum covers every leaf of the call: a leaf
+that is *replicated* rather than split would be counted once per shard, so
+give such leaves their own ``optax.partition`` group without ``axis_name``.
+
+``optax.inject_hyperparams`` treats every callable argument as a schedule: with
+a callable ``blocks``, list it in ``static_args=("blocks",)``.
 """
 
 from __future__ import annotations
