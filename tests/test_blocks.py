@@ -139,3 +139,13 @@ def test_masked_leaves_are_untouched():
 def test_nnx_value_wrapper_is_skipped_for_layers():
   path = (jax.tree_util.DictKey("l1"), jax.tree_util.DictKey("kernel"), jax.tree_util.GetAttrKey("value"))
   assert normopt.blocks.layer_key(path) == (jax.tree_util.DictKey("l1"),)
+
+
+def test_callable_blocks_under_inject_hyperparams_with_static_args():
+  tree = trees.flax_tree(np.random.default_rng(6))
+  key = lambda path, leaf: jax.tree_util.keystr(path).startswith("['params']['Dense")
+  tx = optax.inject_hyperparams(normopt.block_normalize, static_args=("blocks",))(blocks=key, eps=1e-12)
+  u, state = tx.update(tree, tx.init(tree))
+  assert "eps" in state.hyperparams and "blocks" not in state.hyperparams
+  want, _ = normopt.block_normalize(key).update(tree, optax.EmptyState())
+  chex.assert_trees_all_close(u, want, rtol=1e-6)
