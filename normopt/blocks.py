@@ -168,7 +168,7 @@ def _acc_dtype(x):
 # it back in every reduction (about one extra read of the gradient).
 _SHIFT = 16
 
-# Blocks of more leaves than this are summed with one stacked reduction
+# Blocks of more leaves than this are summed in a loop (see _loop_sum)
 # instead of a chain of adds (``"global"`` over thousands of leaves).
 _CHAIN_MAX = 8
 
@@ -182,6 +182,25 @@ def _sum_sq(x, axes):
   return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
 
 
+def _loop_sum(stacked, chunk=64):
+  """``sum(stacked, axis=0)`` that XLA computes once.
+
+  Summed in a loop over chunks of rows: XLA turns a plain sum of stacked
+  scalars into a chain of adds and copies that chain into the fused kernel
+  of every leaf that uses the total (quadratic in the leaf count: a
+  2,000-leaf "global" block took minutes to compile). A loop's result is a
+  buffer that every consumer reads.
+  """
+  n = stacked.shape[0]
+  k = -(-n // chunk)
+  pad = [(0, k * chunk - n)] + [(0, 0)] * (stacked.ndim - 1)
+  rows = jnp.reshape(jnp.pad(stacked, pad), (k, chunk) + stacked.shape[1:])
+  return lax.fori_loop(
+      0, k, lambda i, acc: acc + jnp.sum(rows[i], axis=0),
+      jnp.zeros(stacked.shape[1:], stacked.dtype),
+  )
+
+
 def _group_totals(values, keys):
   """Sums per-leaf values sharing a key: ``(block index per leaf, totals)``."""
   members: dict[Any, list[Any]] = {}
@@ -192,7 +211,7 @@ def _group_totals(values, keys):
   totals = []
   for vs in members.values():
     if len(vs) > _CHAIN_MAX:
-      totals.append(jnp.sum(jnp.stack(vs), axis=0))
+      totals.append(_loop_sum(jnp.stack(vs)))
     else:
       t = vs[0]
       for v in vs[1:]:
