@@ -30,11 +30,12 @@ class Method(NamedTuple):
 # (~1e-4 relative after 3 steps; optax.scale_by_adam shows the same against
 # inject_hyperparams). Scaling by 1e-2, as a learning rate would, keeps that
 # inside the suite's tolerance while testing the primitive itself.
-def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, **kw):
-  # **kw: e.g. axis_name, which tests/distributed_checks.py passes.
+def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, *, axis_name=None):
+  # An explicit axis_name (tests/distributed_checks.py passes it), not **kw:
+  # inject_hyperparams would bind a **kw parameter as an argument named "kw".
   return optax.chain(
       normopt.scale_by_adanorm_moments(
-          "adam", gamma, b1, b2, eps, eps_root, threshold, **kw
+          "adam", gamma, b1, b2, eps, eps_root, threshold, axis_name=axis_name
       ),
       optax.scale(1e-2),
   )
