@@ -48,7 +48,6 @@ import jax.numpy as jnp
 from jax import lax
 
 BlockSpec = Union[str, Callable[[Any, Any], Hashable]]
-VectorAxes = Union[None, Callable[[Any, Any], Union[tuple[int, ...], None]]]
 
 BLOCK_MODES = ("leaf", "layer", "global", "unit")
 
@@ -372,8 +371,3 @@ def check_same_structure(updates: Any, other: Any, name: str, what: str = "param
         f"({s_u.num_leaves} vs {s_o.num_leaves} leaves).\n"
         f"updates: {s_u}\n{what}: {s_o}"
     )
-
-
-def cast_tree_like(tree: Any, like: Any) -> Any:
-  """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-  return jax.tree.map(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
