@@ -84,21 +84,27 @@ def _init_e(params, blocks):
 
 
 def _correct(updates, e, gamma, blocks, eps, axis_name):
-  r"""One AdaNorm step: returns ``(s, e_new)``.
+  r"""One AdaNorm step: returns ``(factor, e_new)``, per leaf.
 
-  ``e ← γ e + (1 − γ) ‖g_b‖``; ``s_b = g_b · e/‖g_b‖`` if ``e > ‖g_b‖`` else
-  ``g_b``; a zero block gives ``s_b = 0``.
+  ``e ← γ e + (1 − γ) ‖g_b‖``; ``s_b = g_b · factor`` with
+  ``factor = e/‖g_b‖`` if ``e > ‖g_b‖`` else 1; a zero block gets factor 0.
+  Both are per-block scalars (keepdims rows for ``"unit"`` blocks): every
+  full-size kernel that needs ``s`` takes ``g`` and one scalar operand.
   """
   norms = _blocks.block_norms(updates, blocks, axis_name)
   e_new = jax.tree.map(
       lambda e_, n: (gamma * e_ + (1 - gamma) * n).astype(e_.dtype), e, norms
   )
+  factor = jax.tree.map(
+      lambda e_, n: jnp.where(e_ > n, e_ * _blocks.inv_norm(n, eps), 1.0),
+      e_new, norms,
+  )
+  return factor, e_new
 
-  def scale(g, e_, n):
-    factor = jnp.where(e_ > n, e_ * _blocks.inv_norm(n, eps), 1.0)
-    return (g * factor).astype(jnp.result_type(g))
 
-  return jax.tree.map(scale, updates, e_new, norms), e_new
+def _scaled(g, factor):
+  """``s = g · factor`` in ``g``'s dtype."""
+  return (g * factor).astype(jnp.result_type(g))
 
 
 def _canonical(dtype):
@@ -113,43 +119,28 @@ def _moments_init(params, mu_dtype, with_g_prev):
 
 
 def _moments_update(
-    kind, s, g, mu, nu, g_prev, count, *, b1, b2, eps, eps_root, threshold,
-    nesterov, mu_dtype, residual_uses_corrected,
+    kind, g, factor, mu, nu, g_prev, count, *, b1, b2, eps, eps_root,
+    threshold, nesterov, mu_dtype, residual_uses_corrected,
 ):
   """The one Adam-family update shared by every optimizer in this module.
 
-  ``s`` enters the first moment, ``g`` the second moment (AdaBelief: the
-  residual ``g − m``, or ``s − m`` with ``residual_uses_corrected``) and
-  diffGrad's friction. Returns ``(updates, mu, nu, g_prev, count_inc)``.
-  """
-  new_mu = optax.tree.update_moment(s, mu, b1, 1)
-  if kind == "adabelief":
-    resid_in = s if residual_uses_corrected else g
-    resid = optax.tree.sub(resid_in, new_mu)
-    new_nu = optax.tree.update_moment_per_elem_norm(resid, nu, b2, 2)
-    new_nu = jax.tree.map(lambda v: v + eps_root, new_nu)
-  else:
-    new_nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
-  count_inc = optax.safe_increment(count)
-  if nesterov:
-    mu_hat = jax.tree.map(
-        lambda m, x: b1 * m + (1 - b1) * x,
-        optax.tree.bias_correction(
-            new_mu, b1, optax.safe_increment(count_inc)
-        ),
-        optax.tree.bias_correction(s, b1, count_inc),
-    )
-  else:
-    mu_hat = optax.tree.bias_correction(new_mu, b1, count_inc)
-  nu_hat = optax.tree.bias_correction(new_nu, b2, count_inc)
-  def denom(v):
-    if kind == "adabelief":  # eps_root already sits inside nu.
-      return jnp.sqrt(v) + eps
-    return jnp.sqrt(v + eps_root) + eps
+  ``s = g · factor`` (``factor=None``: ``s = g``) enters the first moment,
+  ``g`` the second moment (AdaBelief: the residual ``g − m``, or ``s − m``
+  with ``residual_uses_corrected``) and diffGrad's friction. Returns
+  ``(updates, mu, nu, g_prev, count_inc)``.
 
-  if kind != "radam":
-    u = jax.tree.map(lambda m, v: m / denom(v), mu_hat, nu_hat)
-  else:
+  Written leaf by leaf so that each leaf costs the full-size kernels an Adam
+  step needs and no more: ``s`` is never stored, and the second moment's
+  square is spelled ``((1 − β2) g) g``, which XLA does not merge with the
+  ``g · g`` of the block-norm reduction (merged, that square is written to a
+  full-size temporary buffer, which XLA:CPU allocates afresh every step).
+  """
+  count_inc = optax.safe_increment(count)
+  bc1 = 1 - b1**count_inc
+  bc2 = 1 - b2**count_inc
+  if nesterov:
+    bc1_next = 1 - b1 ** optax.safe_increment(count_inc)
+  if kind == "radam":
     ro_inf = 2.0 / (1.0 - b2) - 1.0
     b2t = b2**count_inc
     ro = ro_inf - 2 * count_inc * b2t / (1 - b2t)
@@ -159,20 +150,57 @@ def _moments_update(
     # The clamp only matters where optax would take sqrt of a negative
     # (threshold < 4); there it gives 0 instead of NaN.
     r = jnp.sqrt(jnp.maximum(r_sq, 0.0))
-    u = jax.tree.map(
-        lambda m, v: jnp.where(
-            ro >= threshold, r.astype(m.dtype) * m / denom(v), m
-        ),
-        mu_hat, nu_hat,
-    )
+    rectify = ro >= threshold
+
+  def leaf(gt, f, m, v, gp):
+    dtype = jnp.result_type(gt)
+    s = gt if f is None else _scaled(gt, f)
+    m_new = (1 - b1) * s + b1 * m
+    if kind == "adabelief":
+      resid = (s if residual_uses_corrected else gt) - m_new
+      v_new = (1 - b2) * (resid * resid) + b2 * v + eps_root
+    else:
+      v_new = ((1 - b2) * gt) * gt + b2 * v
+    if nesterov:
+      m_hat = b1 * (m_new / bc1_next.astype(m_new.dtype)) + (1 - b1) * (
+          s / bc1.astype(s.dtype)
+      )
+    else:
+      m_hat = m_new / bc1.astype(m_new.dtype)
+    v_hat = v_new / bc2.astype(v_new.dtype)
+    if kind == "adabelief":  # eps_root already sits inside v.
+      u = m_hat / (jnp.sqrt(v_hat) + eps)
+    else:
+      u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+    if kind == "radam":
+      u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
+    if kind == "diffgrad":
+      u = jax.nn.sigmoid(jnp.abs(gp - gt)) * u
+      gp = gt.astype(jnp.result_type(gp))
+    m_new = m_new if mu_dtype is None else m_new.astype(mu_dtype)
+    return u.astype(dtype), m_new, v_new.astype(jnp.result_type(v)), gp
+
+  leaves, treedef = jax.tree.flatten(g)
+  factors = (
+      [None] * len(leaves) if factor is None
+      else treedef.flatten_up_to(factor)
+  )
+  prevs = (
+      treedef.flatten_up_to(g_prev) if kind == "diffgrad"
+      else [None] * len(leaves)
+  )
+  out = [
+      leaf(*args)
+      for args in zip(
+          leaves, factors, treedef.flatten_up_to(mu),
+          treedef.flatten_up_to(nu), prevs,
+      )
+  ]
+  u, new_mu, new_nu, new_prev = (
+      jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(4)
+  )
   if kind == "diffgrad":
-    u = jax.tree.map(
-        lambda x, gp, gt: jax.nn.sigmoid(jnp.abs(gp - gt)) * x, u, g_prev, g
-    )
-    g_prev = optax.tree.cast_like(g, g_prev)
-  u = jax.tree.map(lambda x, gt: x.astype(jnp.result_type(gt)), u, g)
-  new_mu = optax.tree.cast(new_mu, mu_dtype)
-  new_nu = optax.tree.cast_like(new_nu, nu)
+    g_prev = new_prev
   return u, new_mu, new_nu, g_prev, count_inc
 
 
@@ -238,7 +266,8 @@ def adanorm_rescale(
 
   def update_fn(updates, state, params=None):
     del params
-    s, e = _correct(updates, state.e, gamma, blocks, eps, axis_name)
+    factor, e = _correct(updates, state.e, gamma, blocks, eps, axis_name)
+    s = jax.tree.map(_scaled, updates, factor)
     return s, AdaNormState(count=optax.safe_increment(state.count), e=e)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -340,9 +369,9 @@ def scale_by_adanorm_moments(
 
   def update_fn(updates, state, params=None):
     del params
-    s, e = _correct(updates, state.e, gamma, blocks, eps_norm, axis_name)
+    factor, e = _correct(updates, state.e, gamma, blocks, eps_norm, axis_name)
     u, mu, nu, g_prev, count = _moments_update(
-        kind, s, updates, state.mu, state.nu, state.g_prev, state.count,
+        kind, updates, factor, state.mu, state.nu, state.g_prev, state.count,
         b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold,
         nesterov=nesterov, mu_dtype=mu_dtype,
         residual_uses_corrected=residual_uses_corrected,
@@ -407,7 +436,7 @@ def scale_by_diffgrad(
   def update_fn(updates, state, params=None):
     del params
     u, mu, nu, g_prev, count = _moments_update(
-        "diffgrad", updates, updates, state.mu, state.nu, state.g_prev,
+        "diffgrad", updates, None, state.mu, state.nu, state.g_prev,
         state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=0.0,
         nesterov=False, mu_dtype=mu_dtype, residual_uses_corrected=False,
     )
