@@ -83,7 +83,7 @@ def np_adanorm(grads, gamma, blocks="leaf"):
 def np_optimizer(
     kind, grads, gamma, *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0,
     threshold=5.0, blocks="leaf", residual_uses_corrected=False,
-    both_moments=False, f32_hparams=True,
+    both_moments=False, f32_hparams=True, nesterov=False, mu_dtype=None,
 ):
   """Reference AdaNorm Adam/diffGrad/RAdam/AdaBelief; returns updates, fired."""
   # The JAX side computes in float32, where 0.999 is 0.99900001: use the
@@ -103,13 +103,23 @@ def np_optimizer(
     u_t = []
     for i in range(n):
       x2 = s[i] if both_moments else gl[i]
-      m[i] = b1 * m[i] + (1 - b1) * s[i]
+      decayed = b1 * m[i]
+      if mu_dtype is not None:
+        # As optax's update_moment: the Python float b1 times a bf16 moment
+        # is a bf16 product, so b1 itself is rounded to bf16 (0.8984375);
+        # XLA keeps the product in float32 (excess precision).
+        decayed = float(np.asarray(b1, mu_dtype)) * m[i]
+      m[i] = decayed + (1 - b1) * s[i]
       if kind == "adabelief":
         r = (s[i] if residual_uses_corrected else gl[i]) - m[i]
         v[i] = b2 * v[i] + (1 - b2) * r * r + eps_root
       else:
         v[i] = b2 * v[i] + (1 - b2) * x2 * x2
       mh = m[i] / (1 - b1**t)
+      if mu_dtype is not None:  # stored rounded; this step used it unrounded.
+        m[i] = np.asarray(m[i], mu_dtype).astype(np.float64)
+      if nesterov:  # optax's form; its fresh term is s_t.
+        mh = b1 * m[i] / (1 - b1 ** (t + 1)) + (1 - b1) * s[i] / (1 - b1**t)
       vh = v[i] / (1 - b2**t)
       if kind == "adabelief":
         u = mh / (np.sqrt(vh) + eps)
@@ -249,6 +259,36 @@ def test_both_moments_ablation_is_rescale_then_stock_adam():
   actual, _ = _run(tx, grads)
   expected, fired = np_optimizer("adam", grads, 0.9, both_moments=True)
   _assert_switched(fired)
+  _close(actual, expected)
+
+
+@pytest.mark.parametrize("kind", ["adam", "radam", "adabelief"])
+def test_nesterov_with_correction_matches_numpy_reference(kind):
+  grads = _grads(8)
+  tx = ALIASES[kind](LR, gamma=0.95, nesterov=True)
+  defaults = dict(eps=1e-16, eps_root=1e-16) if kind == "adabelief" else {}
+  expected, fired = np_optimizer(kind, grads, 0.95, nesterov=True, **defaults)
+  _assert_switched(fired)
+  with jax.enable_x64(True):
+    actual64, _ = _run(tx, grads, jnp.float64)
+  expected64, _ = np_optimizer(
+      kind, grads, 0.95, nesterov=True, f32_hparams=False, **defaults
+  )
+  _close(actual64, expected64, rtol=1e-9, atol=1e-13)
+  actual, _ = _run(tx, grads)
+  _close(actual, expected, rtol=2e-2 if kind == "radam" else 2e-4)
+
+
+@pytest.mark.parametrize("kind", ["adam", "diffgrad"])
+def test_mu_dtype_stores_first_moment_in_that_dtype(kind):
+  grads = _grads(9)
+  tx = ALIASES[kind](LR, gamma=0.95, mu_dtype=jnp.bfloat16)
+  actual, state = _run(tx, grads)
+  mu = state[0].mu
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(mu))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state[0].nu))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(actual))
+  expected, _ = np_optimizer(kind, grads, 0.95, mu_dtype=jnp.bfloat16)
   _close(actual, expected)
 
 
