@@ -179,7 +179,11 @@ def _sum_sq(x, axes, shift=0):
   """Partial sum of squares: a scalar if ``axes`` covers the leaf, else keepdims."""
   x = x.astype(_acc_dtype(x))
   if shift:
-    x = x * jnp.asarray(2.0 ** -shift, x.dtype)
+    # Through a barrier: as a plain constant, XLA:CPU would materialize one
+    # full-size broadcast of the scale per leaf shape (24 MB of temp buffers
+    # for a ResNet-50 tree).
+    scale, x = lax.optimization_barrier((jnp.asarray(2.0 ** -shift, x.dtype), x))
+    x = x * scale
   full = len(axes) == x.ndim
   return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
 
