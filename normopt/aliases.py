@@ -449,7 +449,10 @@ def nd_adam(
 
   i.e. ``spherical_project → scale_by_vector_adam → lr → spherical_retract``;
   all other leaves (biases, BatchNorm parameters) get ``optax.adam`` with
-  ``learning_rate_scalar``. The two groups are split with ``optax.partition``.
+  ``learning_rate_scalar``. The whole step is one fused transformation
+  (:func:`normopt.spherical.nd_adam_transform`, state
+  :class:`normopt.spherical.NDAdamState`) that reads each vector leaf in
+  three passes instead of the chain's five or more.
   Start from parameters on the sphere (:func:`normopt.normalize_vectors`); the
   first step puts them there anyway. The paper applies no weight decay to the
   vectors (their norm is fixed) and pairs ND-Adam with a regularized softmax
@@ -492,24 +495,10 @@ def nd_adam(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
-  vector_tx = optax.chain(
-      _spherical.spherical_project(vector_axes, axis_name),
-      _spherical.scale_by_vector_adam(b1, b2, eps, vector_axes, axis_name),
-      optax.scale_by_learning_rate(learning_rate_vector),
-      _spherical.spherical_retract(vector_axes, axis_name),
+  return _spherical.nd_adam_transform(
+      learning_rate_vector, learning_rate_scalar, b1, b2, eps, vector_axes,
+      axis_name,
   )
-  other_tx = optax.adam(learning_rate_scalar, b1=b1, b2=b2, eps=eps)
-  tx = optax.partition(
-      {"vector": vector_tx, "other": other_tx},
-      _spherical.is_vector_leaf(vector_axes),
-  )
-
-  def update_fn(updates, state, params=None):
-    require_params(params, "nd_adam")
-    check_same_structure(updates, params, "nd_adam")
-    return tx.update(updates, state, params)
-
-  return optax.GradientTransformation(tx.init, update_fn)
 
 
 # --- AdaNorm (Dubey et al., WACV 2023) and diffGrad -------------------------

@@ -309,3 +309,81 @@ def test_nd_adam_trains_a_flax_cnn():
   assert l1 < 0.5 * l0, (l0, l1)
   k = np.asarray(p["params"]["Conv_0"]["kernel"]).reshape(-1, 6)
   np.testing.assert_allclose(np.linalg.norm(k, axis=0), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------ the fused nd_adam step
+# nd_adam computes its step fused (normopt.spherical._vector_step): leaves up
+# to ``_SMALL_LEAF`` elements take one reduction and expand the squares,
+# larger ones take three passes. Both paths must equal Algorithm 1.
+
+PATHS = {"small": 1 << 30, "large": 0}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("start", ["sphere", "off_sphere"])
+def test_fused_paths_match_numpy_algorithm_1(monkeypatch, path, start):
+  monkeypatch.setattr(normopt.spherical, "_SMALL_LEAF", PATHS[path])
+  rng = np.random.default_rng(8)
+  params = _tree(rng, scale=3.0)
+  if start == "sphere":
+    params = normopt.normalize_vectors(params)
+  # gradients of changing scale, and a step where m and g point apart
+  grads = [_tree(rng, scale=10.0 ** (i % 3 - 1)) for i in range(7)]
+  tx = normopt.nd_adam(0.1, 0.01, b1=0.8, b2=0.99, eps=1e-6)
+  got, state = _run(tx, params, grads)
+  want = np_nd_adam(params, grads, lambda t: 0.1, lambda t: 0.01, b1=0.8, b2=0.99, eps=1e-6)
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
+  assert int(state.count) == len(grads)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fused_paths_zero_vectors_zero_gradients_and_radial_gradients(monkeypatch, path):
+  monkeypatch.setattr(normopt.spherical, "_SMALL_LEAF", PATHS[path])
+  # column 0: zero vector; column 1: unit vector; column 2: unit vector whose
+  # gradient is radial (its projection is exactly zero).
+  k = np.zeros((3, 3), np.float32)
+  k[:, 1] = [0.0, 0.6, 0.8]
+  k[:, 2] = [1.0, 0.0, 0.0]
+  w = {"k": jnp.asarray(k), "b": jnp.zeros(3)}
+  tx = normopt.nd_adam(0.1, 0.1)
+  update = jax.jit(tx.update)
+  s = tx.init(w)
+  zeros = jax.tree.map(jnp.zeros_like, w)
+  u, s = update(zeros, s, w)
+  chex.assert_trees_all_equal(u, zeros)
+  g = {"k": jnp.asarray(np.stack([np.ones(3), np.ones(3), [5.0, 0, 0]], 1), jnp.float32),
+       "b": jnp.ones(3)}
+  for _ in range(3):
+    u, s = update(g, s, w)
+    chex.assert_tree_all_finite((u, s))
+    w = optax.apply_updates(w, u)
+  norms = np.linalg.norm(np.asarray(w["k"]), axis=0)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-6)
+  # the radial gradient left its vector where it was
+  np.testing.assert_allclose(np.asarray(w["k"])[:, 2], [1.0, 0.0, 0.0], atol=1e-7)
+
+
+def test_nd_adam_state_is_smaller_than_adams_and_matches_init_types():
+  params = {"conv": {"kernel": jnp.zeros((3, 3, 8, 16)), "bias": jnp.zeros(16)}}
+  tx = normopt.nd_adam()
+  s0 = tx.init(params)
+  assert isinstance(s0, normopt.spherical.NDAdamState)
+  n = optax.tree.size(params)
+  assert optax.tree.size(s0) == 1 + n + 16 + 16
+  assert optax.tree.size(s0) < 0.6 * optax.tree.size(optax.adam(1e-3).init(params))
+  _, s1 = jax.jit(tx.update)(params, s0, params)
+  chex.assert_trees_all_equal_shapes_and_dtypes(s0, s1)
+
+
+def test_fused_step_in_bfloat16_matches_float32_step():
+  rng = np.random.default_rng(9)
+  p32 = normopt.normalize_vectors(_tree(rng))
+  grads = [_tree(rng) for _ in range(3)]
+  tx = normopt.nd_adam(0.05, 0.01)
+  want, _ = _run(tx, p32, grads)
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32)
+  got, state = _run(tx, p16, [jax.tree.map(lambda x: x.astype(jnp.bfloat16), g) for g in grads])
+  chex.assert_trees_all_equal_dtypes(got, p16)
+  assert state.nu["dense"]["kernel"].dtype == jnp.float32
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x.astype(jnp.float32), got), want,
+                              atol=3e-2)
