@@ -153,6 +153,7 @@ class Pair(NamedTuple):
   base: str  # how the base is named in the report
   make_base: Callable[[], optax.GradientTransformation]
   blocks: str  # the alias's default block mode (for the O(#blocks) check)
+  floor: bool = False  # also time the floor: base + one sum-of-squares pass
 
 
 _ADAM = ("optax.adam", lambda: optax.adam(1e-3))
@@ -165,26 +166,29 @@ def _n(name):
 
 
 PAIRS = [
-    Pair("adam_ng", lambda: _n("adam_ng")(1e-3), *_ADAM, "layer"),
-    Pair("adam_norm", lambda: _n("adam_norm")(1e-3), *_ADAM, "leaf"),
+    Pair("adam_ng", lambda: _n("adam_ng")(1e-3), *_ADAM, "layer", True),
+    Pair("adam_norm", lambda: _n("adam_norm")(1e-3), *_ADAM, "leaf", True),
     Pair("adam_ngadap", lambda: _n("adam_ngadap")(1e-3), *_ADAM, "layer"),
-    Pair("sgd_ng", lambda: _n("sgd_ng")(0.1, momentum=0.9), *_SGDM, "layer"),
+    Pair("sgd_ng", lambda: _n("sgd_ng")(0.1, momentum=0.9), *_SGDM, "layer",
+         True),
     Pair("sgd_ngadap", lambda: _n("sgd_ngadap")(0.1, momentum=0.9), *_SGDM,
          "layer"),
-    Pair("adagrad_ng", lambda: _n("adagrad_ng")(0.1), *_ADAGRAD, "layer"),
-    Pair("adagrad_bng", lambda: _n("adagrad_bng")(0.1), *_ADAGRAD, "layer"),
+    Pair("adagrad_ng", lambda: _n("adagrad_ng")(0.1), *_ADAGRAD, "layer",
+         True),
+    Pair("adagrad_bng", lambda: _n("adagrad_bng")(0.1), *_ADAGRAD, "layer",
+         True),
     Pair("diffgrad", lambda: _n("diffgrad")(1e-3), *_ADAM, "leaf"),
     Pair("diffgrad_norm", lambda: _n("diffgrad_norm")(1e-3), *_ADAM, "leaf"),
     Pair("radam_norm", lambda: _n("radam_norm")(1e-3), "optax.radam",
-         lambda: optax.radam(1e-3), "leaf"),
+         lambda: optax.radam(1e-3), "leaf", True),
     Pair("adabelief_norm", lambda: _n("adabelief_norm")(1e-3),
-         "optax.adabelief", lambda: optax.adabelief(1e-3), "leaf"),
+         "optax.adabelief", lambda: optax.adabelief(1e-3), "leaf", True),
     Pair("nd_adam",
          lambda: _n("nd_adam")(learning_rate_vector=0.05,
                                learning_rate_scalar=1e-3),
          *_ADAM, "unit"),
     Pair("sngd", lambda: _n("sngd")(0.1), "optax.sgd", lambda: optax.sgd(0.1),
-         "global"),
+         "global", True),
 ]
 
 # (optimizer, metric, limit): the targets of issue 6.
@@ -206,6 +210,26 @@ def available_pairs(only=None):
 # ----------------------------------------------------------------------------
 # Measurement.
 # ----------------------------------------------------------------------------
+
+
+def sum_of_squares_pass() -> optax.GradientTransformation:
+  """The one pass a normalization adds: per-leaf ``sum(g * g)``, kept in state.
+
+  ``chain(sum_of_squares_pass(), base)`` is the floor for a normalized
+  optimizer that reads the gradient once more than its base (the norms) and
+  does nothing else extra.
+  """
+
+  def init_fn(params):
+    return jax.tree.map(lambda p: jnp.zeros([], jnp.float32), params)
+
+  def update_fn(updates, state, params=None):
+    del state, params
+    sums = jax.tree.map(
+        lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), updates)
+    return updates, sums
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def make_step(tx):
@@ -301,27 +325,42 @@ def measure_pair(pair, params_host, grads, reps, compile_reps, min_time):
   out["compile_ratios"] = [a / b for a, b in zip(c_ng, c_base)]
   out["compile_ratio"] = statistics.median(out["compile_ratios"])
 
+  variants = [base, ng]
+  floor = None
+  if pair.floor:
+    floor = Variant(
+        lambda: optax.chain(sum_of_squares_pass(), pair.make_base()),
+        params_host, grads, sphere=False)
+    floor.compile_once()
+    variants.append(floor)
+
   # Step time: warm-up, calibrate the steps per measurement, ABBA interleave.
-  for v in (base, ng):
+  for v in variants:
     v.run(2)
   t1 = min(base.run(1), base.run(1))
   inner = max(1, math.ceil(min_time / t1))
-  t_ng, t_base, ratios = [], [], []
+  t_ng, t_base, ratios, floor_ratios = [], [], [], []
   for r in range(reps):
-    order = (base, ng) if r % 2 == 0 else (ng, base)
+    order = variants if r % 2 == 0 else variants[::-1]
     times = {}
     for v in order:
       times[id(v)] = v.run(inner)
     t_ng.append(times[id(ng)])
     t_base.append(times[id(base)])
     ratios.append(times[id(ng)] / times[id(base)])
+    if floor is not None:
+      floor_ratios.append(times[id(floor)] / times[id(base)])
   finite = all(
       bool(jnp.all(jnp.isfinite(x)))
       for x in jax.tree.leaves((ng.params, ng.state))
       if jnp.issubdtype(x.dtype, jnp.inexact)
   )
-  ng.release()
-  base.release()
+  for v in variants:
+    v.release()
+  if floor_ratios:
+    # Base + one sum-of-squares pass over g, timed like the others.
+    out["floor_ratios"] = floor_ratios
+    out["floor_ratio"] = statistics.median(floor_ratios)
   out["steps_per_measurement"] = inner
   out["step_ms"] = 1e3 * statistics.median(t_ng)
   out["base_step_ms"] = 1e3 * statistics.median(t_base)
@@ -472,6 +511,26 @@ def to_markdown(data) -> str:
                    f"{r['base_step_ms']:.1f} ms)")
     base = next(r["base"] for r in results if r["optimizer"] == o)
     lines.append(f"| `{o}` | `{base}` | " + " | ".join(cells) + " |")
+  floors = [o for o in opts if any("floor_ratio" in r for r in results
+                                   if r["optimizer"] == o)]
+  if floors:
+    lines += [
+        "", "## Against the floor", "",
+        "Floor: the base optimizer chained after a transformation that only "
+        "computes every leaf's sum of squares of g (the one extra pass over "
+        "the gradient that a normalization needs), timed interleaved with "
+        "the two others. Cells: step ratio / floor ratio, both against the "
+        "base.",
+        "",
+        "| optimizer | " + " | ".join(tnames) + " |",
+        "|---|" + "---:|" * len(tnames)]
+    for o in floors:
+      cells = []
+      for t in tnames:
+        r = by.get((o, t))
+        cells.append("" if r is None or "floor_ratio" not in r else
+                     f"{r['step_ratio']:.2f}x / {r['floor_ratio']:.2f}x")
+      lines.append(f"| `{o}` | " + " | ".join(cells) + " |")
   lines += ["", "## Compile-time ratio and optimizer-state bytes", ""]
   head = ("| optimizer | " + " | ".join(f"compile {t}" for t in tnames)
           + " | " + " | ".join(f"state vs base, {t}" for t in tnames) + " |")

@@ -87,3 +87,26 @@ def test_targets_cover_the_issue(quick_run):
     assert ("adam_ng", t, "extra_state_bytes") in rows
   for t in data["targets"]:
     assert t["met"] == (t["value"] <= t["limit"])
+
+
+def test_floor_measured_for_single_extra_pass_optimizers(quick_run):
+  data, out = quick_run
+  floor_pairs = {p.name for p in step_overhead.PAIRS if p.floor}
+  for r in data["results"]:
+    if r["optimizer"] in floor_pairs:
+      assert len(r["floor_ratios"]) == data["meta"]["reps"]
+      assert all(math.isfinite(x) and x > 0 for x in r["floor_ratios"])
+    else:
+      assert "floor_ratio" not in r
+  assert "## Against the floor" in (out / "step_overhead.md").read_text()
+
+
+def test_floor_transformation_keeps_updates_and_records_sums():
+  import jax.numpy as jnp
+  import numpy as np
+  g = {"a": jnp.arange(3.0), "b": {"c": jnp.full((2, 2), 2.0)}}
+  tx = step_overhead.sum_of_squares_pass()
+  u, s = tx.update(g, tx.init(g))
+  assert u is g
+  np.testing.assert_allclose([float(s["a"]), float(s["b"]["c"])],
+                             [np.sum(np.arange(3.0) ** 2), 16.0])
