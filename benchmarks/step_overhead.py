@@ -331,7 +331,7 @@ def measure_pair(pair, params_host, grads, reps, compile_reps, min_time):
     floor = Variant(
         lambda: optax.chain(sum_of_squares_pass(), pair.make_base()),
         params_host, grads, sphere=False)
-    floor.compile_once()
+    out["floor_compile_s"] = floor.compile_once()
     variants.append(floor)
 
   # Step time: warm-up, calibrate the steps per measurement, ABBA interleave.
@@ -361,6 +361,7 @@ def measure_pair(pair, params_host, grads, reps, compile_reps, min_time):
     # Base + one sum-of-squares pass over g, timed like the others.
     out["floor_ratios"] = floor_ratios
     out["floor_ratio"] = statistics.median(floor_ratios)
+    out["floor_compile_ratio"] = out["floor_compile_s"] / out["base_compile_s"]
   out["steps_per_measurement"] = inner
   out["step_ms"] = 1e3 * statistics.median(t_ng)
   out["base_step_ms"] = 1e3 * statistics.median(t_base)
@@ -520,16 +521,22 @@ def to_markdown(data) -> str:
         "computes every leaf's sum of squares of g (the one extra pass over "
         "the gradient that a normalization needs), timed interleaved with "
         "the two others. Cells: step ratio / floor ratio, both against the "
-        "base.",
+        "base; then the same for compile time (one compile of the floor).",
         "",
-        "| optimizer | " + " | ".join(tnames) + " |",
-        "|---|" + "---:|" * len(tnames)]
+        "| optimizer | " + " | ".join(f"step {t}" for t in tnames) + " | "
+        + " | ".join(f"compile {t}" for t in tnames) + " |",
+        "|---|" + "---:|" * (2 * len(tnames))]
     for o in floors:
       cells = []
       for t in tnames:
         r = by.get((o, t))
         cells.append("" if r is None or "floor_ratio" not in r else
                      f"{r['step_ratio']:.2f}x / {r['floor_ratio']:.2f}x")
+      for t in tnames:
+        r = by.get((o, t))
+        cells.append("" if r is None or "floor_ratio" not in r else
+                     f"{r['compile_ratio']:.2f}x / "
+                     f"{r['floor_compile_ratio']:.2f}x")
       lines.append(f"| `{o}` | " + " | ".join(cells) + " |")
   lines += ["", "## Compile-time ratio and optimizer-state bytes", ""]
   head = ("| optimizer | " + " | ".join(f"compile {t}" for t in tnames)

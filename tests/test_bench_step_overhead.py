@@ -95,6 +95,7 @@ def test_floor_measured_for_single_extra_pass_optimizers(quick_run):
   for r in data["results"]:
     if r["optimizer"] in floor_pairs:
       assert len(r["floor_ratios"]) == data["meta"]["reps"]
+      assert r["floor_compile_ratio"] > 0
       assert all(math.isfinite(x) and x > 0 for x in r["floor_ratios"])
     else:
       assert "floor_ratio" not in r
