@@ -420,11 +420,6 @@ class NDAdamState(NamedTuple):
   nu: Any
 
 
-# Vector leaves of at most this many elements take the one-reduction path
-# (see _vector_step). Tuned on XLA:CPU, where a leaf this small sits in cache.
-_SMALL_LEAF = 1 << 13
-
-
 def _where_pos(x, fn):
   """``fn(x)`` where ``x > 0``, else 0 (no NaN from the other branch)."""
   pos = x > 0
@@ -440,49 +435,28 @@ def _vector_step(w, g, m, v, axes, lr, beta1, beta2, eps, bc1, bc2, axis_name):
   ``s = α/((1-β1^t)(√(v'/(1-β2^t)) + ε))`` and the new vector is
   ``(w - s·m')/‖w - s·m'‖``, returned as an update (0 where ``w - s·m' = 0``).
 
-  Large leaves make three passes over memory: the sums ``Σw², Σg·w, Σg²``;
-  ``m'``; ``‖w - s·m'‖²`` and the update. Nothing full-size is written but
-  ``m'`` and the update: on XLA:CPU a full-size temporary costs more than
-  recomputing it. Small leaves (``_SMALL_LEAF``) take all six sums
-  ``Σw², Σg·w, Σg², Σm·w, Σm², Σm·g`` in one reduction of stacked products
-  and expand the squares (``w·ḡ = 0``):
-
-  ``‖m'‖² = β1²Σm² + 2β1(1-β1)(Σm·g - k·Σm·w) + (1-β1)²‖ḡ‖²`` and
-  ``‖w - s·m'‖² = Σw² - 2s·β1·Σm·w + s²‖m'‖²``,
-
-  which saves XLA kernels (and compile time) where per-kernel overhead, not
-  memory traffic, dominates. Squared norms are clamped at 0.
+  Three passes over memory: the sums ``Σw², Σg·w, Σg²``; ``m'``;
+  ``‖w - s·m'‖²`` and the update. Nothing full-size is written but ``m'`` and
+  the update. Measured on XLA:CPU (jax 0.10): sums over several operands are
+  not fused into one pass (each reduction is its own kernel, and a variadic
+  ``lax.reduce`` is ~10x slower), so taking ``Σm·w, Σm², Σm·g`` as well to
+  expand ``‖w - s·m'‖²`` reads more than the direct second reduction; and a
+  full-size temporary costs more than recomputing ``w - s·m'``.
   """
   acc = _blocks._acc_dtype(w)  # pylint: disable=protected-access
   w, g, m = (x.astype(acc) for x in (w, g, m))
-  small = w.size <= _SMALL_LEAF
-  if small:
-    raxes = tuple(a + 1 for a in axes)
-    prods = jnp.stack([w * w, g * w, g * g, m * w, m * m, m * g])
-    sums = jnp.sum(prods, axis=raxes, keepdims=True)
-  else:
-    sums = jnp.stack(
-        [jnp.sum(p, axis=axes, keepdims=True) for p in (w * w, g * w, g * g)]
-    )
+  sums = jnp.stack(
+      [jnp.sum(p, axis=axes, keepdims=True) for p in (w * w, g * w, g * g)]
+  )
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   ww, gw, gg = sums[0], sums[1], sums[2]
   k = _where_pos(ww, lambda x: gw / x)
-  gbar2 = jnp.maximum(gg - k * gw, 0)
+  gbar2 = jnp.maximum(gg - k * gw, 0)  # = Σg² - 2k·Σg·w + k²·Σw²
   v = beta2 * v.astype(acc) + (1 - beta2) * gbar2
   step = lr / (bc1 * (jnp.sqrt(v / bc2) + eps))
   m_new = beta1 * m + (1 - beta1) * (g - k * w)
-  if small:
-    mw, mm, mg = sums[3], sums[4], sums[5]
-    mm = jnp.maximum(
-        beta1 * beta1 * mm
-        + 2 * beta1 * (1 - beta1) * (mg - k * mw)
-        + (1 - beta1) * (1 - beta1) * gbar2,
-        0,
-    )
-    new2 = jnp.maximum(ww - 2 * step * (beta1 * mw) + step * (step * mm), 0)
-  else:
-    new2 = _vsum(jnp.square(w - step * m_new), axes, axis_name)
+  new2 = _vsum(jnp.square(w - step * m_new), axes, axis_name)
   q = _where_pos(new2, lax.rsqrt)
   # Not ``(w - step·m') * q - w``: a second use of ``w - step·m'`` would make
   # XLA write it to a full-size temporary instead of recomputing it.
@@ -514,11 +488,9 @@ def nd_adam_transform(
     m' = \beta_1 m + (1-\beta_1)(g - k w), \quad
     w \leftarrow \frac{w - s\,m'}{\|w - s\,m'\|}
 
-  so a large leaf takes three passes (the sums ``Σw², Σg·w, Σg²``; ``m'``;
-  ``‖w - s·m'‖²`` and the update) and a small one a single reduction that
-  also sums ``Σm·w, Σm², Σm·g`` and expands ``‖w - s·m'‖²`` from them (see
-  ``_vector_step``). Squared norms are clamped at 0; a zero vector, a zero
-  gradient and ``w - s·m' = 0`` behave as in the chain (no NaN or Inf).
+  so each vector leaf takes three passes (the sums ``Σw², Σg·w, Σg²``;
+  ``m'``; ``‖w - s·m'‖²`` and the update). A zero vector, a zero gradient and
+  ``w - s·m' = 0`` behave as in the chain (no NaN or Inf).
 
   Args:
     learning_rate_vector: step size of the vectors (float or schedule).
