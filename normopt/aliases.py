@@ -18,8 +18,6 @@ from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.schedules import stagewise_schedule
 from normopt import spherical as _spherical
-from normopt.blocks import check_same_structure
-from normopt.blocks import require_params
 
 ScalarOrSchedule = optax.ScalarOrSchedule
 
