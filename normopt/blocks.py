@@ -21,11 +21,9 @@ callable       ``(path, leaf) -> hashable``: leaves with equal keys form one
 Norms are Euclidean and accumulated in float32 (or wider, for float64 leaves),
 whatever the leaf dtype, so bf16 and fp16 gradients do not overflow. Per-leaf
 squared norms are computed once and summed per block; leaves are never
-concatenated. If a sum of squares overflows (float32 elements above ~1e19),
-all are recomputed once after an exact power-of-two rescaling (a
-``lax.cond``: the usual step does not pay for it), so every finite float32
-gradient has a finite norm unless the norm itself exceeds the float32 range;
-then the block's normalized gradient is 0 (never NaN).
+concatenated. Squares are taken after an exact power-of-two rescaling, so
+float32 elements up to ~1e24 do not overflow; beyond that a block's norm is
+inf and its normalized gradient 0 (never NaN).
 
 ``axis_name``: inside ``shard_map``/``pmap`` with leaves *sharded* across that
 mapped axis, partial squared norms are ``psum``-med over it. Under ``jit`` with
@@ -158,32 +156,27 @@ def _acc_dtype(x):
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-# Squares are summed as they are: in float32 they overflow only for elements
-# above ~1e19. If any block's sum is not finite, all sums are recomputed once
-# from x * 2**-_SHIFT inside a ``lax.cond`` (the usual step does not pay for
-# it), and the blocks that overflowed take the rescaled sum, their norm
-# multiplied back by 2**_SHIFT. Powers of two scale exactly; with this shift
-# every finite float32 element squares without overflow, so a norm is inf
-# only when it exceeds the float32 range itself. What the rescaled squares
-# lose to underflow (elements below ~1e5) is negligible next to the elements
-# that overflowed. (Always rescaling, as an earlier version did by 2**-16
-# through an optimization barrier, cost ~40% of the reduction on XLA:CPU.)
-_SHIFT = 80
+# Squares are taken of x * 2**-_SHIFT and the norm multiplied back by
+# 2**_SHIFT. Powers of two scale exactly, so in the normal range the norm is
+# bit-identical to the naive one, while float32 elements up to ~1e24 (instead
+# of ~1.8e19) square without overflow. Elements below ~7e-15 square into the
+# subnormals, far below the default eps=1e-12 where a block divides by eps
+# anyway. The scale is passed through an optimization barrier together with
+# its leaf: as a plain constant, XLA's CPU backend would share one
+# materialized full-size broadcast of it between same-shaped leaves and read
+# it back in every reduction (about one extra read of the gradient).
+_SHIFT = 16
 
 # Blocks of more leaves than this are summed in a loop (see _loop_sum)
 # instead of a chain of adds (``"global"`` over thousands of leaves).
 _CHAIN_MAX = 8
 
 
-def _sum_sq(x, axes, shift=0):
+def _sum_sq(x, axes):
   """Partial sum of squares: a scalar if ``axes`` covers the leaf, else keepdims."""
   x = x.astype(_acc_dtype(x))
-  if shift:
-    # Through a barrier: as a plain constant, XLA:CPU would materialize one
-    # full-size broadcast of the scale per leaf shape (24 MB of temp buffers
-    # for a ResNet-50 tree).
-    scale, x = lax.optimization_barrier((jnp.asarray(2.0 ** -shift, x.dtype), x))
-    x = x * scale
+  scale, x = lax.optimization_barrier((jnp.asarray(2.0 ** -_SHIFT, x.dtype), x))
+  x = x * scale
   full = len(axes) == x.ndim
   return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
 
@@ -207,19 +200,15 @@ def _loop_sum(stacked, chunk=64):
   )
 
 
-def _block_index(keys):
-  """Block number of each leaf (in order of first appearance), and the count."""
-  ids: dict[Any, int] = {}
-  return [ids.setdefault(k, len(ids)) for k in keys], len(ids)
-
-
-def _group_totals(values, index, n):
-  """Sums per-leaf values per block: ``totals[b]`` over leaves with index b."""
-  members: list[list[Any]] = [[] for _ in range(n)]
-  for b, v in zip(index, values):
-    members[b].append(v)
+def _group_totals(values, keys):
+  """Sums per-leaf values sharing a key: ``(block index per leaf, totals)``."""
+  members: dict[Any, list[Any]] = {}
+  for key, v in zip(keys, values):
+    members.setdefault(key, []).append(v)
+  ids = {k: i for i, k in enumerate(members)}
+  index = [ids[k] for k in keys]
   totals = []
-  for vs in members:
+  for vs in members.values():
     if len(vs) > _CHAIN_MAX:
       totals.append(_loop_sum(jnp.stack(vs)))
     else:
@@ -227,7 +216,7 @@ def _group_totals(values, index, n):
       for v in vs[1:]:
         t = t + v
       totals.append(t)
-  return totals
+  return index, totals
 
 
 def safe_sqrt(x):
@@ -242,63 +231,21 @@ def inv_norm(norm, eps):
   return jnp.where(pos, 1.0 / jnp.where(pos, jnp.maximum(norm, eps), 1), 0)
 
 
-def _all_finite(totals):
-  """One boolean: every total (arrays, or lists of arrays) is finite."""
-  sums = [jnp.sum(t) for t in jax.tree.leaves(totals)]
-  # A finite total can only make the sum overflow, which then takes the
-  # (still correct) rescaled path: one reduction instead of one per block.
-  return jnp.isfinite(jnp.sum(jnp.stack(sums)))
+def _block_totals(trees_leaves, keys, axes, axis_name):
+  """Per tree, the per-block sums of (prescaled) squares.
 
-
-def _apply_to_norms(fn, totals_of):
-  """``fn`` of the block norms, with sums of squares from ``totals_of(shift)``.
-
-  ``totals_of`` returns a pytree of (psum-med) sums of squares per tree. The
-  result comes out of a ``lax.cond``: the usual branch takes square roots of
-  the direct sums; the other, taken when a sum overflowed, recomputes them
-  rescaled. Both apply ``fn`` inside the branch, so ``fn`` runs once per
-  block and every leaf's kernel reads a finished value (XLA:CPU would
-  otherwise fuse the per-block math into each leaf's kernel). psum-med
-  totals are equal on every device, so all devices take the same branch.
+  Returns ``(index, totals)``: ``index[i]`` is leaf ``i``'s block and
+  ``totals[t][b]`` block ``b``'s sum of squares in tree ``t``, psum-med over
+  ``axis_name``; the norm is ``sqrt(total) * 2**_SHIFT``.
   """
-  fast = totals_of(0)
-
-  def direct():
-    return fn(*jax.tree.map(safe_sqrt, fast))
-
-  def rescaled():
-    slow = totals_of(_SHIFT)
-
-    def norm(f, r):
-      # Blocks that did not overflow keep their direct sum: rescaling would
-      # underflow the squares of small blocks.
-      fin = jnp.isfinite(f)
-      scale = jnp.where(fin, 1.0, 2.0 ** _SHIFT).astype(f.dtype)
-      return safe_sqrt(jnp.where(fin, f, r)) * scale
-
-    return fn(*jax.tree.map(norm, fast, slow))
-
-  return lax.cond(_all_finite(fast), direct, rescaled)
-
-
-def _block_totals(trees_leaves, axes, index, n, axis_name):
-  """``totals_of(shift)``: per tree, the list of per-block sums of squares.
-
-  A block's sum is a scalar, or a keepdims row for ``"unit"`` blocks. They
-  stay separate arrays: stacking them into one vector that every leaf's
-  kernel slices made XLA:CPU compile ~8x slower.
-  """
-
-  def totals_of(shift):
-    out = []
-    for leaves in trees_leaves:
-      parts = [_sum_sq(x, a, shift) for x, a in zip(leaves, axes)]
-      out.append(_group_totals(parts, index, n))
-    if axis_name is not None:
-      out = lax.psum(out, axis_name)
-    return out
-
-  return totals_of
+  out, index = [], None
+  for leaves in trees_leaves:
+    parts = [_sum_sq(x, a) for x, a in zip(leaves, axes)]
+    index, tot = _group_totals(parts, keys)
+    out.append(tot)
+  if axis_name is not None:
+    out = lax.psum(out, axis_name)
+  return index, out
 
 
 def block_norm_map(
@@ -350,24 +297,19 @@ def block_norm_map(
   leaves = [l for _, l in flat]
   others_leaves = [treedef.flatten_up_to(o) for o in others]
   keys, axes = _leaf_partition(paths, leaves, blocks)
-  trees_leaves = [leaves, *others_leaves]
-  index, n = _block_index(keys)
-
-  def per_block(*norms):
-    out = [fn(*[nrm[b] for nrm in norms]) for b in range(n)]
-    if isinstance(out[0], tuple):
-      return tuple([o[j] for o in out] for j in range(len(out[0])))
-    return out
-
-  result = _apply_to_norms(
-      per_block, _block_totals(trees_leaves, axes, index, n, axis_name)
+  index, totals = _block_totals(
+      [leaves, *others_leaves], keys, axes, axis_name
   )
-  pick = lambda r: [r[b] for b in index]
-  if isinstance(result, tuple):
+  per_block = [
+      fn(*[safe_sqrt(tot[b]) * (2.0 ** _SHIFT) for tot in totals])
+      for b in range(len(totals[0]))
+  ]
+  if isinstance(per_block[0], tuple):
     return tuple(
-        jax.tree_util.tree_unflatten(treedef, pick(r)) for r in result
+        jax.tree_util.tree_unflatten(treedef, [per_block[b][j] for b in index])
+        for j in range(len(per_block[0]))
     )
-  return jax.tree_util.tree_unflatten(treedef, pick(result))
+  return jax.tree_util.tree_unflatten(treedef, [per_block[b] for b in index])
 
 
 def block_norms(
