@@ -103,6 +103,22 @@ def _unit(w, axes, axis_name):
   return w32 * _blocks.inv_norm(_vnorm(w, axes, axis_name), 0.0)
 
 
+def _vector_moments(params, vector_axes, name, mu_dtype=None):
+  """Zero moments ``(mu, nu)``: ``nu`` one scalar per vector (float32 or wider)
+  shaped ``(1, ..., 1, units)``, per element for leaves that are not vectors."""
+  leaves, axes, treedef = _flat_axes(params, vector_axes, name)
+  mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
+  nu = []
+  for p, a in zip(leaves, axes):
+    if a is None:
+      nu.append(jnp.zeros_like(p))
+    else:
+      shape = tuple(1 if i in a else n for i, n in enumerate(jnp.shape(p)))
+      nu.append(jnp.zeros(shape, _blocks._acc_dtype(p)))  # pylint: disable=protected-access
+  unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
+  return unflat(mu), unflat(nu)
+
+
 def _check_params(updates, params, name):
   _blocks.require_params(params, name)
   _blocks.check_same_structure(updates, params, name)
@@ -271,19 +287,8 @@ def scale_by_vector_adam(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    leaves, axes, treedef = _flat_axes(params, vector_axes, "scale_by_vector_adam")
-    mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
-    nu = []
-    for p, a in zip(leaves, axes):
-      if a is None:
-        nu.append(jnp.zeros_like(p))
-      else:
-        shape = tuple(1 if i in a else n for i, n in enumerate(jnp.shape(p)))
-        nu.append(jnp.zeros(shape, _blocks._acc_dtype(p)))  # pylint: disable=protected-access
-    unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
-    return ScaleByVectorAdamState(
-        count=jnp.zeros([], jnp.int32), mu=unflat(mu), nu=unflat(nu)
-    )
+    mu, nu = _vector_moments(params, vector_axes, "scale_by_vector_adam", mu_dtype)
+    return ScaleByVectorAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None):
     del params
@@ -523,17 +528,8 @@ def nd_adam_transform(
   name = "nd_adam"
 
   def init_fn(params):
-    leaves, axes, treedef = _flat_axes(params, vector_axes, name)
-    mu = [jnp.zeros_like(p) for p in leaves]
-    nu = []
-    for p, a in zip(leaves, axes):
-      if a is None:
-        nu.append(jnp.zeros_like(p))
-      else:
-        shape = tuple(1 if i in a else n for i, n in enumerate(jnp.shape(p)))
-        nu.append(jnp.zeros(shape, _blocks._acc_dtype(p)))  # pylint: disable=protected-access
-    unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
-    return NDAdamState(count=jnp.zeros([], jnp.int32), mu=unflat(mu), nu=unflat(nu))
+    mu, nu = _vector_moments(params, vector_axes, name)
+    return NDAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None):
     _check_params(updates, params, name)
