@@ -131,9 +131,10 @@ def _moments_update(
 
   Written leaf by leaf so that each leaf costs the full-size kernels an Adam
   step needs and no more: ``s`` is never stored, and the second moment's
-  square is spelled ``((1 − β2) g) g``, which XLA does not merge with the
-  ``g · g`` of the block-norm reduction (merged, that square is written to a
-  full-size temporary buffer, which XLA:CPU allocates afresh every step).
+  square is spelled ``((1 − β2) g) g``, which XLA cannot merge with a
+  ``g · g`` elsewhere in the step, e.g. a norm's reduction (merged, that
+  square is written to a full-size temporary buffer, which XLA:CPU allocates
+  afresh every step).
   """
   count_inc = optax.safe_increment(count)
   bc1 = 1 - b1**count_inc
