@@ -119,6 +119,18 @@ def _vector_moments(params, vector_axes, name, mu_dtype=None):
   return unflat(mu), unflat(nu)
 
 
+def _betas_and_corrections(b1, b2, count):
+  """``(β1, β2, 1 - β1^t, 1 - β2^t)`` in float32 for step ``t = count``.
+
+  Hyperparameters become float32 arrays first, so that ``1 - b2`` is the same
+  number whether b2 is a Python float or traced (inject_hyperparams).
+  """
+  t = count.astype(jnp.float32)
+  beta1 = jnp.asarray(b1, jnp.float32)
+  beta2 = jnp.asarray(b2, jnp.float32)
+  return beta1, beta2, 1 - beta1**t, 1 - beta2**t
+
+
 def _check_params(updates, params, name):
   _blocks.require_params(params, name)
   _blocks.check_same_structure(updates, params, name)
@@ -297,13 +309,7 @@ def scale_by_vector_adam(
     mu_leaves = treedef.flatten_up_to(state.mu)
     nu_leaves = treedef.flatten_up_to(state.nu)
     count = optax.safe_increment(state.count)
-    t = count.astype(jnp.float32)
-    # Hyperparameters as float32 arrays first, so that ``1 - b2`` is the same
-    # number whether b2 is a Python float or traced (inject_hyperparams).
-    beta1 = jnp.asarray(b1, jnp.float32)
-    beta2 = jnp.asarray(b2, jnp.float32)
-    bc1 = 1 - beta1 ** t
-    bc2 = 1 - beta2 ** t
+    beta1, beta2, bc1, bc2 = _betas_and_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
     for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes):
       m_old_dtype, v_old_dtype = jnp.result_type(m), jnp.result_type(v)
@@ -545,11 +551,7 @@ def nd_adam_transform(
     )
     lr_v = jnp.asarray(lr_v, jnp.float32)
     lr_s = jnp.asarray(lr_s, jnp.float32)
-    t = count.astype(jnp.float32)
-    beta1 = jnp.asarray(b1, jnp.float32)
-    beta2 = jnp.asarray(b2, jnp.float32)
-    bc1 = 1 - beta1**t
-    bc2 = 1 - beta2**t
+    beta1, beta2, bc1, bc2 = _betas_and_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
     for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes):
       if a is None:  # Adam
