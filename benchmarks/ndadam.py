@@ -20,7 +20,7 @@ split, standardized pixels, no augmentation), for every combination of
     no weight decay);
   * softmax: ``plain``, ``logit_l2`` (``normopt.losses.logit_l2_penalty``,
     weight 1e-3 as in the official code), ``bn_softmax``
-    (``normopt.losses.BNSoftmax``, γ_C fixed),
+    (``normopt.flax_losses.BNSoftmax``, γ_C fixed),
 
 with cosine-decayed learning rates, 3 seeds (initialization and
 batch order; one compiled function per optimizer and model, run once per
@@ -52,7 +52,7 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import normopt  # pylint: disable=wrong-import-position
-from normopt.losses import BNSoftmax  # pylint: disable=wrong-import-position
+from normopt.flax_losses import BNSoftmax  # pylint: disable=wrong-import-position
 
 OPTIMIZERS = ("sgdm", "adam", "ndadam")
 SOFTMAXES = ("plain", "logit_l2", "bn_softmax")

@@ -10,12 +10,11 @@ softmax in one of two ways:
 * BN-softmax: batch-normalize the logits, then multiply them by ONE fixed
   scale ``γ_C`` shared by all classes (no trainable per-class scale), so that
   ``γ_C`` alone sets the softmax's temperature. :func:`batch_normalize_logits`
-  is the pure function; ``normopt.losses.BNSoftmax`` is a Flax Linen module
-  with train/eval modes (running statistics at eval).
+  is the pure function; ``BNSoftmax`` in :mod:`normopt.flax_losses` is the
+  Flax Linen module with train/eval modes (running statistics at eval).
 
-flax is an optional dependency: ``import normopt`` and this module's
-functions need only JAX. ``BNSoftmax`` lives in ``normopt._flax_losses`` and is
-imported from flax on first access of ``normopt.losses.BNSoftmax``.
+This module needs only JAX. flax is an optional dependency, imported only by
+:mod:`normopt.flax_losses`, which imports this module (never the reverse).
 """
 
 from __future__ import annotations
@@ -101,11 +100,4 @@ def batch_normalize_logits(
   return (gamma * (z32 - mean) * jax.lax.rsqrt(var + eps)).astype(z.dtype)
 
 
-def __getattr__(name):
-  if name == "BNSoftmax":
-    from normopt import _flax_losses  # pylint: disable=import-outside-toplevel
-    return _flax_losses.BNSoftmax
-  raise AttributeError(f"module 'normopt.losses' has no attribute {name!r}")
-
-
-__all__ = ("BNSoftmax", "batch_normalize_logits", "logit_l2_penalty")
+__all__ = ("batch_normalize_logits", "logit_l2_penalty")

@@ -1,5 +1,7 @@
-"""Regularized softmax (normopt.losses) against float64 NumPy references."""
+"""Regularized softmax (normopt.losses, normopt.flax_losses) against float64 NumPy references."""
 
+import ast
+import pathlib
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 import normopt
-from normopt.losses import BNSoftmax
+from normopt.flax_losses import BNSoftmax
 
 
 def np_bn(z, gamma, eps, mean=None, var=None):
@@ -70,23 +72,53 @@ def test_bn_softmax_module_train_and_eval():
   chex.assert_trees_all_close(y, np_bn(z, 1.5, 1e-5, ra_mean, ra_var), rtol=1e-4, atol=1e-5)
 
 
-def test_import_normopt_without_flax():
-  code = (
-      "import sys\n"
-      "class Block:\n"
-      "  def find_spec(self, name, path=None, target=None):\n"
-      "    if name == 'flax' or name.startswith('flax.'):\n"
-      "      raise ImportError('flax blocked')\n"
-      "sys.meta_path.insert(0, Block())\n"
+_BLOCK_FLAX = (
+    "import sys\n"
+    "class Block:\n"
+    "  def find_spec(self, name, path=None, target=None):\n"
+    "    if name == 'flax' or name.startswith('flax.'):\n"
+    "      raise ImportError('flax blocked')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def _run_without_flax(code):
+  return subprocess.run([sys.executable, "-c", _BLOCK_FLAX + code], capture_output=True,
+                        text=True, check=True, timeout=120).stdout.split("\n")
+
+
+def test_import_normopt_and_losses_without_flax():
+  out = _run_without_flax(
       "import jax.numpy as jnp, normopt\n"
+      "import normopt.losses\n"
+      "from normopt.losses import *\n"
       "assert 'flax' not in sys.modules\n"
-      "print(float(normopt.losses.logit_l2_penalty(jnp.ones((2, 3)), 2.0)))\n"
+      "print(sorted(normopt.losses.__all__))\n"
+      "print(float(logit_l2_penalty(jnp.ones((2, 3)), 2.0)))\n"
+      "print(batch_normalize_logits(jnp.arange(6.0).reshape(3, 2)).shape)\n"
+      "print(hasattr(normopt.losses, 'BNSoftmax'))\n"
       "try:\n"
-      "  normopt.losses.BNSoftmax\n"
+      "  import normopt.flax_losses\n"
       "except ImportError as e:\n"
       "  print('ImportError', e)\n"
   )
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True, timeout=120).stdout.split("\n")
-  assert out[0] == "3.0"
-  assert out[1].startswith("ImportError")
+  assert out[:4] == ["['batch_normalize_logits', 'logit_l2_penalty']", "3.0", "(3, 2)", "False"]
+  assert out[4] == "ImportError flax blocked"
+
+
+def test_losses_never_imports_flax_or_the_flax_module():
+  # The dependency is one-directional: flax_losses imports losses, never the reverse.
+  def imports(path):
+    tree = ast.parse(pathlib.Path(path).read_text())
+    names = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        names.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom):
+        names.add(node.module or "")
+        names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+  import normopt.flax_losses  # pylint: disable=import-outside-toplevel
+  mine = imports(normopt.losses.__file__)
+  assert not any(n.startswith("flax") or "flax_losses" in n for n in mine), mine
+  assert "normopt.losses" in imports(normopt.flax_losses.__file__)

@@ -1,4 +1,11 @@
-"""Flax Linen layers of :mod:`normopt.losses` (flax is imported here only)."""
+"""Flax Linen layers for the regularized softmax of :mod:`normopt.losses`.
+
+This module imports flax (``pip install normopt[flax]``); :mod:`normopt.losses`
+holds the pure-JAX functions and never imports this module, so ``import normopt``
+needs only JAX. Import the layer explicitly::
+
+  from normopt.flax_losses import BNSoftmax
+"""
 
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ class BNSoftmax(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from normopt.losses import BNSoftmax
+    >>> from normopt.flax_losses import BNSoftmax
     >>> m = BNSoftmax(gamma=3.0)
     >>> z = 5.0 * jax.random.normal(jax.random.key(0), (256, 4)) + 2.0
     >>> v = m.init(jax.random.key(1), z, train=False)
@@ -63,3 +70,6 @@ class BNSoftmax(nn.Module):
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return batch_normalize_logits(logits, self.gamma, self.epsilon, mean, var)
+
+
+__all__ = ("BNSoftmax",)
