@@ -35,16 +35,20 @@ Differences from the official PyTorch code (shivram1987/AdaNorm), on purpose:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from normopt import blocks as _blocks
+from normopt._numerics import inv_norm
+from normopt.blocks import block_norms
 from normopt.blocks import BlockSpec
+from normopt.blocks import check_blocks
+from normopt.blocks import StackedSpec
 
-KINDS = ("adam", "diffgrad", "radam", "adabelief")
+Kind = Literal["adam", "diffgrad", "radam", "adabelief"]
+KINDS = get_args(Kind)
 
 
 class AdaNormState(NamedTuple):
@@ -77,13 +81,15 @@ class ScaleByDiffGradState(NamedTuple):
 # Shared pure pieces.
 
 
-def _init_e(params, blocks):
-  """Zeros with the per-leaf keepdims shape and dtype of ``block_norms``."""
-  shapes = jax.eval_shape(lambda p: _blocks.block_norms(p, blocks), params)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _init_e(params, blocks, stacked):
+  """Zeros typed as ``block_norms``' output (shape, dtype and sharding)."""
+  types = jax.eval_shape(
+      lambda p: block_norms(p, blocks, stacked=stacked), params
+  )
+  return jax.tree.map(jnp.zeros_like, types)
 
 
-def _correct(updates, e, gamma, blocks, eps, axis_name):
+def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):
   r"""One AdaNorm step: returns ``(factor, e_new)``, per leaf.
 
   ``e ← γ e + (1 − γ) ‖g_b‖``; ``s_b = g_b · factor`` with
@@ -91,12 +97,12 @@ def _correct(updates, e, gamma, blocks, eps, axis_name):
   Both are per-block scalars (keepdims rows for ``"unit"`` blocks): every
   full-size kernel that needs ``s`` takes ``g`` and one scalar operand.
   """
-  norms = _blocks.block_norms(updates, blocks, axis_name)
+  norms = block_norms(updates, blocks, axis_name, stacked=stacked)
   e_new = jax.tree.map(
       lambda e_, n: (gamma * e_ + (1 - gamma) * n).astype(e_.dtype), e, norms
   )
   factor = jax.tree.map(
-      lambda e_, n: jnp.where(e_ > n, e_ * _blocks.inv_norm(n, eps), 1.0),
+      lambda e_, n: jnp.where(e_ > n, e_ * inv_norm(n, eps), 1.0),
       e_new, norms,
   )
   return factor, e_new
@@ -214,7 +220,9 @@ def adanorm_rescale(
     blocks: BlockSpec = "leaf",
     eps: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaNorm gradient-norm correction: lifts small gradients to their EMA norm.
 
   Per block ``b`` (default: per leaf, as the official code does per tensor):
@@ -240,6 +248,10 @@ def adanorm_rescale(
     eps: gradient norms below ``eps`` divide by ``eps`` instead.
     axis_name: mapped axis across which leaves are sharded (``shard_map``,
       ``pmap``); partial squared norms are summed over it.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`); ``e`` has one entry
+      per slice.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`AdaNormState`
@@ -258,24 +270,26 @@ def adanorm_rescale(
     Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
-  _blocks.check_blocks(blocks, "adanorm_rescale")
+  check_blocks(blocks, "adanorm_rescale")
 
   def init_fn(params):
     return AdaNormState(
-        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks)
+        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks, stacked)
     )
 
-  def update_fn(updates, state, params=None):
-    del params
-    factor, e = _correct(updates, state.e, gamma, blocks, eps, axis_name)
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    factor, e = _correct(
+        updates, state.e, gamma, blocks, stacked, eps, axis_name
+    )
     s = jax.tree.map(_scaled, updates, factor)
     return s, AdaNormState(count=optax.safe_increment(state.count), e=e)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_adanorm_moments(
-    kind: str = "adam",
+    kind: Kind = "adam",
     gamma: float = 0.95,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -287,9 +301,10 @@ def scale_by_adanorm_moments(
     nesterov: bool = False,
     residual_uses_corrected: bool = False,
     blocks: BlockSpec = "leaf",
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaNorm-corrected Adam / diffGrad / RAdam / AdaBelief moments.
 
   With ``s`` from :func:`adanorm_rescale` (same ``gamma``, ``blocks``) and
@@ -330,6 +345,8 @@ def scale_by_adanorm_moments(
     residual_uses_corrected: AdaBelief only: residual ``s − m`` (official code)
       instead of the paper's ``g − m``.
     blocks: AdaNorm blocks (default ``"leaf"``, see :mod:`normopt.blocks`).
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
@@ -358,19 +375,21 @@ def scale_by_adanorm_moments(
     raise ValueError(
         f"scale_by_adanorm_moments: kind must be one of {KINDS}, got {kind!r}."
     )
-  _blocks.check_blocks(blocks, "scale_by_adanorm_moments")
+  check_blocks(blocks, "scale_by_adanorm_moments")
   mu_dtype = _canonical(mu_dtype)
 
   def init_fn(params):
     mu, nu, g_prev = _moments_init(params, mu_dtype, kind == "diffgrad")
     return ScaleByAdaNormState(
-        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks),
+        count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks, stacked),
         mu=mu, nu=nu, g_prev=g_prev,
     )
 
-  def update_fn(updates, state, params=None):
-    del params
-    factor, e = _correct(updates, state.e, gamma, blocks, eps_norm, axis_name)
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    factor, e = _correct(
+        updates, state.e, gamma, blocks, stacked, eps_norm, axis_name
+    )
     u, mu, nu, g_prev, count = _moments_update(
         kind, updates, factor, state.mu, state.nu, state.g_prev, state.count,
         b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold,
@@ -381,16 +400,17 @@ def scale_by_adanorm_moments(
         count=count, e=e, mu=mu, nu=nu, g_prev=g_prev
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_diffgrad(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
+    *,
     mu_dtype: Any = None,
-) -> optax.GradientTransformation:
+    eps_root: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""diffGrad: Adam scaled by a friction from the last gradient change.
 
   .. math::
@@ -434,8 +454,8 @@ def scale_by_diffgrad(
         count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, g_prev=g_prev
     )
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     u, mu, nu, g_prev, count = _moments_update(
         "diffgrad", updates, None, state.mu, state.nu, state.g_prev,
         state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=0.0,
@@ -443,4 +463,4 @@ def scale_by_diffgrad(
     )
     return u, ScaleByDiffGradState(count=count, mu=mu, nu=nu, g_prev=g_prev)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -10,16 +10,21 @@ from collections.abc import Sequence
 
 import optax
 
+from typing import Any
+
 from normopt.adanorm import scale_by_adanorm_moments
 from normopt.adanorm import scale_by_diffgrad
 from normopt.blocks import BlockSpec
+from normopt.blocks import StackedSpec
 from normopt.normalization import block_normalize
 from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.schedules import stagewise_schedule
-from normopt import spherical as _spherical
+from normopt.spherical import nd_adam_transform
+from normopt.spherical import VectorAxes
 
 ScalarOrSchedule = optax.ScalarOrSchedule
+
 
 def _sgdm(learning_rate, momentum, nesterov):
   return (
@@ -28,9 +33,9 @@ def _sgdm(learning_rate, momentum, nesterov):
   )
 
 
-def _adam(learning_rate, b1, b2, eps):
+def _adam(learning_rate, b1, b2, eps, mu_dtype):
   return (
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -41,9 +46,10 @@ def sgd_ng(
     nesterov: bool = False,
     blocks: BlockSpec = "layer",
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum on block-normalized gradients (BNG "SGDM-NG").
 
   .. math::
@@ -55,11 +61,14 @@ def sgd_ng(
     momentum: momentum ``μ``.
     nesterov: use Nesterov momentum.
     blocks: block mode or callable (see :mod:`normopt.blocks`).
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -79,7 +88,9 @@ def sgd_ng(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      block_normalize(blocks, eps_norm, axis_name),
+      block_normalize(
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+      ),
       *_sgdm(learning_rate, momentum, nesterov),
   )
 
@@ -91,9 +102,11 @@ def adam_ng(
     eps: float = 1e-8,
     blocks: BlockSpec = "layer",
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam on block-normalized gradients (BNG "Adam-NG").
 
   .. math::
@@ -106,11 +119,14 @@ def adam_ng(
     b2: second-moment decay.
     eps: Adam's denominator constant (optax's convention).
     blocks: block mode or callable (see :mod:`normopt.blocks`).
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -130,8 +146,10 @@ def adam_ng(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      block_normalize(blocks, eps_norm, axis_name),
-      *_adam(learning_rate, b1, b2, eps),
+      block_normalize(
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+      ),
+      *_adam(learning_rate, b1, b2, eps, mu_dtype),
   )
 
 
@@ -141,9 +159,10 @@ def adagrad_ng(
     eps: float = 1e-7,
     blocks: BlockSpec = "layer",
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad (optax's form) on block-normalized gradients (BNG "AdaGrad-NG").
 
   .. math::
@@ -158,11 +177,14 @@ def adagrad_ng(
     initial_accumulator_value: initial ``a``.
     eps: constant inside the square root (optax's convention).
     blocks: block mode or callable (see :mod:`normopt.blocks`).
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -182,8 +204,12 @@ def adagrad_ng(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      block_normalize(blocks, eps_norm, axis_name),
-      optax.scale_by_rss(initial_accumulator_value, eps),
+      block_normalize(
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+      ),
+      optax.scale_by_rss(
+          initial_accumulator_value=initial_accumulator_value, eps=eps
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -195,10 +221,11 @@ def sgd_ngadap(
     blocks: BlockSpec = "layer",
     alpha: float = 0.02,
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
-    min_param_norm: float = 1.0,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    min_param_norm: float = 1.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum on ``α‖w_b‖``-scaled block directions (BNG "NG_adap").
 
   .. math::
@@ -213,6 +240,9 @@ def sgd_ngadap(
     nesterov: use Nesterov momentum.
     blocks: block mode or callable (see :mod:`normopt.blocks`).
     alpha: relative step ``α``.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: gradient block norms below this divide by it.
     min_param_norm: floor ``ρ`` on the parameter norm.
     axis_name: mapped axis across which leaves are sharded.
@@ -238,7 +268,10 @@ def sgd_ngadap(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      ngadap_scale(alpha, blocks, eps_norm, axis_name, min_param_norm),
+      ngadap_scale(
+          alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
+          stacked=stacked, min_param_norm=min_param_norm,
+      ),
       *_sgdm(learning_rate, momentum, nesterov),
   )
 
@@ -251,10 +284,12 @@ def adam_ngadap(
     blocks: BlockSpec = "layer",
     alpha: float = 0.02,
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
-    min_param_norm: float = 1.0,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+    min_param_norm: float = 1.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam on ``α‖w_b‖``-scaled block directions (BNG "Adam-NG_adap").
 
   .. math::
@@ -270,6 +305,9 @@ def adam_ngadap(
     eps: Adam's denominator constant.
     blocks: block mode or callable (see :mod:`normopt.blocks`).
     alpha: relative step ``α``.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: gradient block norms below this divide by it.
     min_param_norm: floor ``ρ`` on the parameter norm.
     axis_name: mapped axis across which leaves are sharded.
@@ -295,8 +333,11 @@ def adam_ngadap(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      ngadap_scale(alpha, blocks, eps_norm, axis_name, min_param_norm),
-      *_adam(learning_rate, b1, b2, eps),
+      ngadap_scale(
+          alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
+          stacked=stacked, min_param_norm=min_param_norm,
+      ),
+      *_adam(learning_rate, b1, b2, eps, mu_dtype),
   )
 
 
@@ -305,9 +346,10 @@ def adagrad_bng(
     delta: float = 1e-8,
     blocks: BlockSpec = "layer",
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad-BNG, the BNG paper's appendix Algorithm 2.
 
   .. math::
@@ -318,11 +360,14 @@ def adagrad_bng(
     learning_rate: step size ``η`` (float or ``optax.Schedule``).
     delta: the constant ``δ`` added to the denominator.
     blocks: block mode or callable (see :mod:`normopt.blocks`).
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -342,7 +387,10 @@ def adagrad_bng(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   return optax.chain(
-      scale_by_adagrad_bng(delta, blocks, eps_norm, axis_name),
+      scale_by_adagrad_bng(
+          delta=delta, blocks=blocks, eps=eps_norm, axis_name=axis_name,
+          stacked=stacked,
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -350,13 +398,16 @@ def adagrad_bng(
 def sngd(
     learning_rate: ScalarOrSchedule,
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic normalized gradient descent: ``w ← w − η g/‖g‖`` (global norm).
 
   Args:
     learning_rate: step size ``η`` (float or ``optax.Schedule``).
+    stacked: accepted for a uniform signature: the global norm spans every
+      slice of a stacked leaf, so stacking does not change it.
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
@@ -376,7 +427,9 @@ def sngd(
     <https://arxiv.org/abs/2104.07985>`_, 2021.
   """
   return optax.chain(
-      block_normalize("global", eps_norm, axis_name),
+      block_normalize(
+          blocks="global", eps=eps_norm, axis_name=axis_name, stacked=stacked
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -385,19 +438,21 @@ def s_sngd(
     learning_rates: Sequence[float],
     stage_length: float,
     *,
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Stagewise SNGD (S-SNGD, Algorithm 2): SNGD with stages ``M_t = ⌈S/α_t⌉``.
 
   Args:
     learning_rates: the stage step sizes ``α_t`` (decreasing).
     stage_length: ``S``; stage ``t`` lasts ``ceil(S / α_t)`` steps.
+    stacked: as :func:`sngd` (the global norm is unchanged by stacking).
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -418,6 +473,7 @@ def s_sngd(
   """
   return sngd(
       stagewise_schedule(learning_rates, stage_length),
+      stacked=stacked,
       eps_norm=eps_norm,
       axis_name=axis_name,
   )
@@ -429,10 +485,12 @@ def nd_adam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    vector_axes: _spherical.VectorAxes = None,
+    vector_axes: VectorAxes = None,
     *,
+    stacked: StackedSpec = None,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""ND-Adam: Adam on the unit sphere for weight vectors, Adam for the rest.
 
   Vector leaves (see :mod:`normopt.spherical`; by default every leaf of
@@ -448,8 +506,8 @@ def nd_adam(
   i.e. ``spherical_project → scale_by_vector_adam → lr → spherical_retract``;
   all other leaves (biases, BatchNorm parameters) get ``optax.adam`` with
   ``learning_rate_scalar``. The whole step is one fused transformation
-  (:func:`normopt.spherical.nd_adam_transform`, state
-  :class:`normopt.spherical.NDAdamState`) that reads each vector leaf in
+  (:func:`normopt.nd_adam_transform`, state
+  :class:`normopt.NDAdamState`) that reads each vector leaf in
   three passes instead of the chain's five or more.
   Start from parameters on the sphere (:func:`normopt.normalize_vectors`); the
   first step puts them there anyway. The paper applies no weight decay to the
@@ -466,7 +524,12 @@ def nd_adam(
     eps: added to ``√v̂`` (both groups).
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` choosing which leaves are vectors.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
+      The default vectors of a stacked leaf are those of each slice.
     axis_name: mapped axis across which the vectors are sharded.
+    mu_dtype: optional dtype of the first moment.
 
   Returns:
     An ``optax.GradientTransformation``; ``update`` needs ``params``.
@@ -493,9 +556,11 @@ def nd_adam(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
-  return _spherical.nd_adam_transform(
-      learning_rate_vector, learning_rate_scalar, b1, b2, eps, vector_axes,
-      axis_name,
+  return nd_adam_transform(
+      learning_rate_vector=learning_rate_vector,
+      learning_rate_scalar=learning_rate_scalar, b1=b1, b2=b2, eps=eps,
+      vector_axes=vector_axes, stacked=stacked, axis_name=axis_name,
+      mu_dtype=mu_dtype,
   )
 
 
@@ -503,7 +568,7 @@ def nd_adam(
 
 def _adanorm_alias(kind, learning_rate, **kwargs):
   return optax.chain(
-      scale_by_adanorm_moments(kind, **kwargs),
+      scale_by_adanorm_moments(kind=kind, **kwargs),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -513,15 +578,16 @@ def adam_norm(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype=None,
-    gamma: float = 0.95,
     *,
-    nesterov: bool = False,
+    gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+    eps_root: float = 0.0,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   r"""AdamNorm: Adam whose first moment sees the AdaNorm-corrected gradient.
 
   ``e ← γe + (1−γ)‖g_b‖``; ``s_b = g_b·e/‖g_b‖`` if ``e > ‖g_b‖`` else
@@ -538,11 +604,13 @@ def adam_norm(
     gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
     nesterov: Nesterov momentum (on ``s``).
     blocks: AdaNorm blocks (default ``"leaf"``: one ``e`` per tensor).
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -563,7 +631,7 @@ def adam_norm(
   return _adanorm_alias(
       "adam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov, blocks=blocks,
-      eps_norm=eps_norm, axis_name=axis_name,
+      stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,
   )
 
 
@@ -573,10 +641,10 @@ def diffgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
+    stacked: StackedSpec = None,
+    mu_dtype: Any = None,
     eps_root: float = 0.0,
-    mu_dtype=None,
-    axis_name: str | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""diffGrad: ``−η · sigmoid(|g_prev − g|) · m̂/(√v̂ + eps)``, ``g_prev₀ = 0``.
 
   Args:
@@ -585,12 +653,12 @@ def diffgrad(
     b2: decay of the second moment.
     eps: added to ``√v̂``.
     eps_root: added inside the square root.
+    stacked: accepted for a uniform signature: diffGrad is element-wise, so a
+      stacked leaf already behaves as its unrolled slices.
     mu_dtype: optional dtype of the first moment.
-    axis_name: accepted like every alias; diffGrad is element-wise, so no
-      norm is reduced over it.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -608,9 +676,11 @@ def diffgrad(
     Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
     Networks <https://arxiv.org/abs/1909.11015>`_, IEEE TNNLS 2020.
   """
-  del axis_name
+  del stacked  # element-wise: stacking changes nothing.
   return optax.chain(
-      scale_by_diffgrad(b1, b2, eps, eps_root, mu_dtype),
+      scale_by_diffgrad(
+          b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, eps_root=eps_root
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
 
@@ -620,14 +690,15 @@ def diffgrad_norm(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    gamma: float = 0.95,
     *,
-    eps_root: float = 0.0,
-    mu_dtype=None,
+    gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+    eps_root: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""diffGradNorm: diffGrad whose first moment sees the corrected gradient.
 
   ``m`` accumulates the AdaNorm-corrected ``s``; ``v`` and the friction
@@ -643,11 +714,13 @@ def diffgrad_norm(
     eps_root: added inside the square root.
     mu_dtype: optional dtype of the first moment.
     blocks: AdaNorm blocks (default ``"leaf"``).
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -664,8 +737,8 @@ def diffgrad_norm(
   """
   return _adanorm_alias(
       "diffgrad", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
-      eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, eps_norm=eps_norm,
-      axis_name=axis_name,
+      eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, stacked=stacked,
+      eps_norm=eps_norm, axis_name=axis_name,
   )
 
 
@@ -674,15 +747,17 @@ def radam_norm(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
-    threshold: float = 5.0,
-    gamma: float = 0.95,
     *,
-    nesterov: bool = False,
+    gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   r"""RAdamNorm: rectified Adam whose first moment sees the corrected gradient.
 
   optax's RAdam (rectification ``r_t`` when ``ρ_t ≥ threshold``, else the
@@ -700,11 +775,13 @@ def radam_norm(
     gamma: AdaNorm EMA decay of the gradient-norm history (paper: 0.95).
     nesterov: Nesterov momentum (on ``s``).
     blocks: AdaNorm blocks (default ``"leaf"``).
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -724,8 +801,9 @@ def radam_norm(
   """
   return _adanorm_alias(
       "radam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
-      eps_root=eps_root, threshold=threshold, nesterov=nesterov, blocks=blocks,
-      eps_norm=eps_norm, axis_name=axis_name,
+      eps_root=eps_root, threshold=threshold, mu_dtype=mu_dtype,
+      nesterov=nesterov, blocks=blocks, stacked=stacked, eps_norm=eps_norm,
+      axis_name=axis_name,
   )
 
 
@@ -734,15 +812,17 @@ def adabelief_norm(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
-    eps_root: float = 1e-16,
-    gamma: float = 0.95,
     *,
-    nesterov: bool = False,
-    residual_uses_corrected: bool = False,
+    gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
+    stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+    eps_root: float = 1e-16,
+    nesterov: bool = False,
+    residual_uses_corrected: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaBeliefNorm: AdaBelief whose first moment sees the corrected gradient.
 
   ``m ← β1 m + (1−β1) s``; ``v ← β2 v + (1−β2)(g − m)² + eps_root``;
@@ -762,11 +842,13 @@ def adabelief_norm(
     residual_uses_corrected: residual ``s − m`` (official code) instead of
       ``g − m`` (paper, default).
     blocks: AdaNorm blocks (default ``"leaf"``).
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -786,7 +868,7 @@ def adabelief_norm(
   """
   return _adanorm_alias(
       "adabelief", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
-      eps_root=eps_root, nesterov=nesterov,
+      eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov,
       residual_uses_corrected=residual_uses_corrected, blocks=blocks,
-      eps_norm=eps_norm, axis_name=axis_name,
+      stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,
   )

@@ -1,6 +1,7 @@
 """Blocks: how a pytree of gradients is cut into the groups that get one norm.
 
-Every block-wise transformation in normopt takes ``blocks=`` and ``axis_name=``:
+Every block-wise transformation in normopt takes ``blocks=``, ``stacked=``
+and ``axis_name=``:
 
 =============  ==============================================================
 ``blocks``     one block is
@@ -21,33 +22,54 @@ callable       ``(path, leaf) -> hashable``: leaves with equal keys form one
 Norms are Euclidean and accumulated in float32 (or wider, for float64 leaves),
 whatever the leaf dtype, so bf16 and fp16 gradients do not overflow. Per-leaf
 squared norms are computed once and summed per block; leaves are never
-concatenated. Squares are taken after an exact power-of-two rescaling, so
-float32 elements up to ~1e24 do not overflow; beyond that a block's norm is
-inf and its normalized gradient 0 (never NaN).
+concatenated. Float32 elements up to ~1e24 square without overflow; beyond
+that a block's norm is inf and its normalized gradient 0 (never NaN).
+
+**Stacked (scanned) layers.** ``flax.linen.scan``, ``nnx.scan``/``nnx.vmap``
+and ``equinox.filter_vmap`` store L layers as ONE leaf with a leading axis of
+size L (a kernel ``(L, d_in, d_out)``). ``stacked`` says how many leading axes
+of each leaf index such a stack: ``None`` (nothing is stacked), a callable
+``(path, leaf) -> int`` such as :func:`stacked_under`, or a pytree prefix of
+the params holding ints (as ``optax.masked`` takes masks). A leaf with stacked
+shape ``S`` behaves exactly as ``prod(S)`` separate leaves, the model
+unrolled: ``"layer"`` blocks are slice ``i`` of every leaf under one parent
+(their stacked shapes must agree); ``"leaf"`` is one block per slice;
+``"unit"`` splits each slice into vectors over its axes but the last;
+``"global"`` is unchanged; callable blocks key on ``(user key, slice)``. No
+norm reduces over a stacked axis.
 
 ``axis_name``: inside ``shard_map``/``pmap`` with leaves *sharded* across that
 mapped axis, partial squared norms are ``psum``-med over it. Under ``jit`` with
-``NamedSharding`` nothing is needed: norms are global already. For
-``"unit"`` blocks only a split along the reduced (input) axes needs
-``axis_name``; a split along the last (output) axis keeps whole units per
-shard and must not pass it. The psum covers every leaf of the call: a leaf
-that is *replicated* rather than split would be counted once per shard, so
-give such leaves their own ``optax.partition`` group without ``axis_name``.
+``NamedSharding`` nothing is needed: norms are global already. Only a split
+along the axes a norm reduces needs ``axis_name``: for ``"unit"`` blocks a
+split along the last (output) axis keeps whole units per shard, and a split
+along a *stacked* axis (whole layers per device, FSDP-style) keeps whole
+blocks per shard for every mode but ``"global"``; such splits must not pass
+it. The psum covers every leaf of the call: a leaf that is *replicated*
+rather than split would be counted once per shard, so give such leaves their
+own ``optax.partition`` group without ``axis_name``.
 
-``optax.inject_hyperparams`` treats every callable argument as a schedule: with
-a callable ``blocks``, list it in ``static_args=("blocks",)``.
+``optax.inject_hyperparams`` treats every callable argument as a schedule:
+with a callable ``blocks`` or ``stacked``, list it in
+``static_args=("blocks", "stacked")``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+import itertools
 from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
+
+from normopt._numerics import acc_dtype
+from normopt._numerics import safe_sqrt
 
 BlockSpec = Union[str, Callable[[Any, Any], Hashable]]
+StackedSpec = Union[None, int, Callable[[Any, Any], int], Any]
 
 BLOCK_MODES = ("leaf", "layer", "global", "unit")
 
@@ -82,59 +104,153 @@ def layer_key(path: Sequence[Any]) -> tuple[Any, ...]:
   return strip_wrapper_keys(path)[:-1]
 
 
-def unit_axes(leaf: Any) -> tuple[int, ...] | None:
-  """The default "unit" rule: all axes but the last for ``ndim >= 2``."""
-  ndim = len(jnp.shape(leaf))
-  if ndim < 2:
-    return None
-  return tuple(range(ndim - 1))
+def _key_name(key: Any) -> Any:
+  """What a path entry names: a dict key, an attribute name or an index."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return key
 
 
-def _leaf_partition(paths, leaves, blocks):
-  """Per leaf: (block key, axes reduced inside the leaf) for a block mode."""
-  keys, axes = [], []
-  for i, (path, leaf) in enumerate(zip(paths, leaves)):
+def stacked_under(*names: Hashable, axes: int = 1) -> Callable[[Any, Any], int]:
+  """A ``stacked`` spec: ``axes`` stacked axes for leaves under ``names``.
+
+  Returns the callable ``(path, leaf) -> int`` that gives ``axes`` to every
+  leaf whose path has a key (dict key, attribute name or sequence index)
+  equal to one of ``names``, and 0 to every other leaf. Pass it as
+  ``stacked=`` to any normopt transformation or optimizer.
+
+  Args:
+    *names: the keys under which scanned layers live (e.g. the name of an
+      ``nn.scan``-ned module, or an NNX attribute holding a stacked module).
+    axes: how many leading axes index the stack (2 for a scan of scans).
+
+  Returns:
+    A callable ``(path, leaf) -> int``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> p = {"layers": {"dense": {"kernel": jnp.ones((3, 4, 4)), "bias": jnp.ones((3, 4))}},
+    ...      "head": {"kernel": jnp.ones((4, 2))}}
+    >>> spec = normopt.stacked_under("layers")
+    >>> len(normopt.block_partition(p, "layer")), len(normopt.block_partition(p, "layer", stacked=spec))
+    (2, 4)
+  """
+  if not names:
+    raise ValueError("stacked_under: give at least one name.")
+  if isinstance(axes, bool) or not isinstance(axes, (int, np.integer)) or axes < 0:
+    raise ValueError(f"stacked_under: axes must be an int >= 0, got {axes!r}.")
+  wanted = set(names)
+
+  def stacked(path: Any, leaf: Any) -> int:
+    del leaf
+    return int(axes) if any(_key_name(k) in wanted for k in path) else 0
+
+  return stacked
+
+
+def _stack_counts(tree, paths, leaves, stacked, name):
+  """Per flattened leaf of ``tree``: how many leading axes are stacked."""
+  if stacked is None:
+    return [0] * len(leaves)
+  if callable(stacked):
+    raw = [stacked(p, x) for p, x in zip(paths, leaves)]
+  else:
+    try:
+      full = jax.tree.map(lambda k, sub: jax.tree.map(lambda _: k, sub), stacked, tree)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"{name}: stacked must be None, a callable (path, leaf) -> int, or "
+          f"a pytree prefix of the params holding ints; its structure does "
+          f"not fit the tree: {e}"
+      ) from e
+    raw = jax.tree.leaves(full)
+    if len(raw) != len(leaves):
+      raise ValueError(f"{name}: stacked is not a pytree prefix of the tree.")
+  counts = []
+  for path, leaf, k in zip(paths, leaves, raw):
     ndim = len(jnp.shape(leaf))
-    full = tuple(range(ndim))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= ndim:
+      raise ValueError(
+          f"{name}: stacked gave {k!r} for {jax.tree_util.keystr(path)} of "
+          f"shape {jnp.shape(leaf)}; expected an int in [0, {ndim}]."
+      )
+    counts.append(int(k))
+  return counts
+
+
+def flatten_stacked(tree: Any, stacked: StackedSpec, name: str):
+  """Flattens ``tree``: ``(paths, leaves, stacked axes per leaf, treedef)``."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  paths = [p for p, _ in flat]
+  leaves = [x for _, x in flat]
+  return paths, leaves, _stack_counts(tree, paths, leaves, stacked, name), treedef
+
+
+def unit_axes(leaf: Any, stacked: int = 0) -> tuple[int, ...] | None:
+  """The default "unit" rule on a leaf's slices: all axes but the last.
+
+  ``None`` when a slice (the leaf without its ``stacked`` leading axes) has
+  fewer than 2 dimensions.
+  """
+  ndim = len(jnp.shape(leaf))
+  if ndim - stacked < 2:
+    return None
+  return tuple(range(stacked, ndim - 1))
+
+
+def _leaf_partition(paths, leaves, counts, blocks):
+  """Per leaf: (block key, reduced axes, keepdims, stacked axes)."""
+  out = []
+  for i, (path, leaf, k) in enumerate(zip(paths, leaves, counts)):
+    ndim = len(jnp.shape(leaf))
+    rest = tuple(range(k, ndim))
     if callable(blocks):
-      keys.append(("callable", blocks(path, leaf)))
-      axes.append(full)
+      out.append((("callable", blocks(path, leaf)), rest, False, k))
     elif blocks == "leaf":
-      keys.append(i)
-      axes.append(full)
+      out.append((i, rest, False, k))
     elif blocks == "layer":
-      keys.append(("layer", layer_key(path)))
-      axes.append(full)
+      out.append((("layer", layer_key(path)), rest, False, k))
     elif blocks == "global":
-      keys.append("global")
-      axes.append(full)
+      out.append(("global", tuple(range(ndim)), False, 0))
     elif blocks == "unit":
-      keys.append(i)
-      ua = unit_axes(leaf)
-      axes.append(full if ua is None else ua)
+      ua = unit_axes(leaf, k)
+      out.append((i, rest, False, k) if ua is None else (i, ua, True, k))
     else:
       raise ValueError(f"unknown blocks mode {blocks!r}")
-  return keys, axes
+  return out
 
 
-def block_partition(tree: Any, blocks: BlockSpec = "layer") -> dict[Any, list[str]]:
-  """Which leaves form one block: ``{block key: [leaf path, ...]}``.
+def _slice_path(path, idx):
+  return jax.tree_util.keystr(path) + "".join(f"[{j}]" for j in idx)
 
-  A debugging aid to see how ``blocks`` cuts a parameter tree.
+
+def block_partition(
+    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None
+) -> dict[Any, list[str]]:
+  """Which leaves (or stacked slices) form one block: ``{key: [path, ...]}``.
+
+  A debugging aid to see how ``blocks`` and ``stacked`` cut a parameter tree.
 
   Args:
     tree: a pytree of arrays (params or gradients).
     blocks: a block mode (see module docstring) or a callable.
+    stacked: stacked leading axes per leaf (see module docstring).
 
   Returns:
     An ordered dict from block key to the ``jax.tree_util.keystr`` paths of the
-    leaves in that block (for ``"unit"`` one leaf holds many blocks).
+    leaves in that block (for ``"unit"`` one leaf holds many blocks). A slice
+    ``i`` of a stacked leaf is listed as ``path[i]`` under the key
+    ``(key, i)``.
 
   Example:
     >>> import jax.numpy as jnp, normopt
     >>> p = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
     >>> list(normopt.block_partition(p, "layer").values())
     [["['dense']['bias']", "['dense']['kernel']"]]
+    >>> s = {"layers": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.zeros((2, 3))}}
+    >>> list(normopt.block_partition(s, "layer", stacked=normopt.stacked_under("layers")).values())
+    [["['layers']['bias'][0]", "['layers']['kernel'][0]"], ["['layers']['bias'][1]", "['layers']['kernel'][1]"]]
 
   References:
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
@@ -143,28 +259,42 @@ def block_partition(tree: Any, blocks: BlockSpec = "layer") -> dict[Any, list[st
     <https://arxiv.org/abs/1709.04546>`_, 2018 (unit blocks).
   """
   check_blocks(blocks, "block_partition")
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  paths = [p for p, _ in flat]
-  keys, _ = _leaf_partition(paths, [l for _, l in flat], blocks)
+  paths, leaves, counts, _ = flatten_stacked(tree, stacked, "block_partition")
+  parts = _leaf_partition(paths, leaves, counts, blocks)
+  _check_group_shapes(paths, leaves, parts, "block_partition")
   out: dict[Any, list[str]] = {}
-  for key, path in zip(keys, paths):
-    out.setdefault(key, []).append(jax.tree_util.keystr(path))
+  for (key, _, _, k), path, leaf in zip(parts, paths, leaves):
+    shape = tuple(jnp.shape(leaf))[:k]
+    if not shape:
+      out.setdefault(key, []).append(jax.tree_util.keystr(path))
+      continue
+    for idx in itertools.product(*(range(n) for n in shape)):
+      out.setdefault((key, idx[0] if len(idx) == 1 else idx), []).append(
+          _slice_path(path, idx)
+      )
   return out
 
 
-def _acc_dtype(x):
-  return jnp.promote_types(jnp.result_type(x), jnp.float32)
+def _check_group_shapes(paths, leaves, parts, name):
+  """Leaves of one block must have equal stacked shapes (else ValueError)."""
+  first: dict[Any, tuple[Any, tuple[int, ...]]] = {}
+  for path, leaf, (key, _, keepdims, k) in zip(paths, leaves, parts):
+    if keepdims:
+      continue
+    shape = tuple(jnp.shape(leaf))[:k]
+    if key not in first:
+      first[key] = (path, shape)
+    elif first[key][1] != shape:
+      p0, s0 = first[key]
+      raise ValueError(
+          f"{name}: leaves of one block must have equal stacked shapes, got "
+          f"{s0} at {jax.tree_util.keystr(p0)} and {shape} at "
+          f"{jax.tree_util.keystr(path)}; check stacked= for these paths."
+      )
 
 
 # Squares are taken of x * 2**-_SHIFT and the norm multiplied back by
-# 2**_SHIFT. Powers of two scale exactly, so in the normal range the norm is
-# bit-identical to the naive one, while float32 elements up to ~1e24 (instead
-# of ~1.8e19) square without overflow. Elements below ~7e-15 square into the
-# subnormals, far below the default eps=1e-12 where a block divides by eps
-# anyway. The scale is passed through an optimization barrier together with
-# its leaf: as a plain constant, XLA's CPU backend would share one
-# materialized full-size broadcast of it between same-shaped leaves and read
-# it back in every reduction (about one extra read of the gradient).
+# 2**_SHIFT (see docs/design.md, "The 2^-16 prescale").
 _SHIFT = 16
 
 # Blocks of more leaves than this are summed in a loop (see _loop_sum)
@@ -172,31 +302,23 @@ _SHIFT = 16
 _CHAIN_MAX = 8
 
 
-def _sum_sq(x, axes):
-  """Partial sum of squares: a scalar if ``axes`` covers the leaf, else keepdims."""
-  x = x.astype(_acc_dtype(x))
+def _sum_sq(x, axes, keepdims):
+  """Partial sum of squares of ``x * 2**-_SHIFT`` over ``axes``."""
+  x = x.astype(acc_dtype(x))
   scale, x = lax.optimization_barrier((jnp.asarray(2.0 ** -_SHIFT, x.dtype), x))
   x = x * scale
-  full = len(axes) == x.ndim
-  return jnp.sum(jnp.square(x), axis=axes, keepdims=not full)
+  return jnp.sum(jnp.square(x), axis=axes, keepdims=keepdims)
 
 
-def _loop_sum(stacked, chunk=64):
-  """``sum(stacked, axis=0)`` that XLA computes once.
-
-  Summed in a loop over chunks of rows: XLA turns a plain sum of stacked
-  scalars into a chain of adds and copies that chain into the fused kernel
-  of every leaf that uses the total (quadratic in the leaf count: a
-  2,000-leaf "global" block took minutes to compile). A loop's result is a
-  buffer that every consumer reads.
-  """
-  n = stacked.shape[0]
+def _loop_sum(rows_in, chunk=64):
+  """``sum(rows_in, axis=0)`` that XLA computes once (see docs/design.md)."""
+  n = rows_in.shape[0]
   k = -(-n // chunk)
-  pad = [(0, k * chunk - n)] + [(0, 0)] * (stacked.ndim - 1)
-  rows = jnp.reshape(jnp.pad(stacked, pad), (k, chunk) + stacked.shape[1:])
+  pad = [(0, k * chunk - n)] + [(0, 0)] * (rows_in.ndim - 1)
+  rows = jnp.reshape(jnp.pad(rows_in, pad), (k, chunk) + rows_in.shape[1:])
   return lax.fori_loop(
       0, k, lambda i, acc: acc + jnp.sum(rows[i], axis=0),
-      jnp.zeros(stacked.shape[1:], stacked.dtype),
+      jnp.zeros(rows_in.shape[1:], rows_in.dtype),
   )
 
 
@@ -219,33 +341,32 @@ def _group_totals(values, keys):
   return index, totals
 
 
-def safe_sqrt(x):
-  """``sqrt`` whose gradient at 0 is 0 instead of inf (safe under jax.grad)."""
-  pos = x > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1)), 0)
-
-
-def inv_norm(norm, eps):
-  """``1 / max(norm, eps)``, and 0 for a zero norm (no NaN even with eps=0)."""
-  pos = norm > 0
-  return jnp.where(pos, 1.0 / jnp.where(pos, jnp.maximum(norm, eps), 1), 0)
-
-
-def _block_totals(trees_leaves, keys, axes, axis_name):
+def _block_totals(trees_leaves, parts, axis_name):
   """Per tree, the per-block sums of (prescaled) squares.
 
   Returns ``(index, totals)``: ``index[i]`` is leaf ``i``'s block and
-  ``totals[t][b]`` block ``b``'s sum of squares in tree ``t``, psum-med over
+  ``totals[t][b]`` block ``b``'s sum of squares in tree ``t`` (of the
+  block's stacked shape, or a keepdims row for ``"unit"``), psum-med over
   ``axis_name``; the norm is ``sqrt(total) * 2**_SHIFT``.
   """
+  keys = [key for key, _, _, _ in parts]
   out, index = [], None
   for leaves in trees_leaves:
-    parts = [_sum_sq(x, a) for x, a in zip(leaves, axes)]
-    index, tot = _group_totals(parts, keys)
+    sums = [_sum_sq(x, a, kd) for x, (_, a, kd, _) in zip(leaves, parts)]
+    index, tot = _group_totals(sums, keys)
     out.append(tot)
   if axis_name is not None:
     out = lax.psum(out, axis_name)
   return index, out
+
+
+def _broadcastable(x, leaf, part):
+  """A block result laid out to broadcast against its (stacked) leaf."""
+  _, _, keepdims, k = part
+  ndim = len(jnp.shape(leaf))
+  if keepdims or k == 0:
+    return x
+  return jnp.reshape(x, jnp.shape(x) + (1,) * (ndim - k))
 
 
 def block_norm_map(
@@ -253,6 +374,7 @@ def block_norm_map(
     tree: Any,
     *others: Any,
     blocks: BlockSpec = "layer",
+    stacked: StackedSpec = None,
     axis_name: str | None = None,
 ) -> Any:
   """Applies an elementwise ``fn`` to block norms, once per block.
@@ -261,27 +383,27 @@ def block_norm_map(
   (and in each tree of ``others``, which must share its structure, e.g.
   params next to updates) and returns an array, or a tuple of arrays, of the
   same shape. It runs once per block, not once per leaf, and every leaf of
-  the block gets the same result: the per-block scalar math is computed once
-  and each leaf's consumer sees a plain scalar operand, which keeps the
-  compiled step small (XLA compiles one kernel per distinct fused
-  computation, and identical per-leaf computations are shared).
+  the block gets the same result (see docs/design.md for why this keeps the
+  compiled step small). For a stacked block the norm is an array over the
+  stack, one entry per slice.
 
   Args:
     fn: an elementwise function of one norm array per tree.
     tree: a pytree of arrays.
     *others: pytrees with the structure of ``tree``.
     blocks: block mode or callable (see the module docstring).
+    stacked: stacked leading axes per leaf (see the module docstring).
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
     A pytree with the structure of ``tree`` laid out like
-    :func:`block_norms` (per leaf a scalar, or a keepdims ``"unit"`` row),
-    or a tuple of such pytrees if ``fn`` returns a tuple.
+    :func:`block_norms`, or a tuple of such pytrees if ``fn`` returns a
+    tuple.
 
   Example:
     >>> import jax.numpy as jnp, normopt
     >>> g = {"a": {"w": jnp.full(4, 3.0)}, "b": {"w": jnp.full(4, 0.5)}}
-    >>> inv = normopt.blocks.block_norm_map(lambda n: 1 / n, g, blocks="layer")
+    >>> inv = normopt.block_norm_map(lambda n: 1 / n, g, blocks="layer")
     >>> round(float(inv["a"]["w"]), 6), float(inv["b"]["w"])
     (0.166667, 1.0)
 
@@ -290,30 +412,38 @@ def block_norm_map(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   check_blocks(blocks, "block_norm_map")
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  if not flat:
+  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, "block_norm_map")
+  if not leaves:
     return tree
-  paths = [p for p, _ in flat]
-  leaves = [l for _, l in flat]
   others_leaves = [treedef.flatten_up_to(o) for o in others]
-  keys, axes = _leaf_partition(paths, leaves, blocks)
-  index, totals = _block_totals(
-      [leaves, *others_leaves], keys, axes, axis_name
-  )
+  parts = _leaf_partition(paths, leaves, counts, blocks)
+  _check_group_shapes(paths, leaves, parts, "block_norm_map")
+  index, totals = _block_totals([leaves, *others_leaves], parts, axis_name)
   per_block = [
       fn(*[safe_sqrt(tot[b]) * (2.0 ** _SHIFT) for tot in totals])
       for b in range(len(totals[0]))
   ]
+
+  def unflatten(results):
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [_broadcastable(r, x, pt) for r, x, pt in zip(results, leaves, parts)],
+    )
+
   if isinstance(per_block[0], tuple):
     return tuple(
-        jax.tree_util.tree_unflatten(treedef, [per_block[b][j] for b in index])
+        unflatten([per_block[b][j] for b in index])
         for j in range(len(per_block[0]))
     )
-  return jax.tree_util.tree_unflatten(treedef, [per_block[b] for b in index])
+  return unflatten([per_block[b] for b in index])
 
 
 def block_norms(
-    tree: Any, blocks: BlockSpec = "layer", axis_name: str | None = None
+    tree: Any,
+    blocks: BlockSpec = "layer",
+    axis_name: str | None = None,
+    *,
+    stacked: StackedSpec = None,
 ) -> Any:
   """Euclidean norm of each leaf's block, broadcastable against the leaf.
 
@@ -327,13 +457,15 @@ def block_norms(
       ``(path, leaf) -> hashable`` (see the module docstring).
     axis_name: a mapped axis (``pmap``/``shard_map``) across which the leaves
       are sharded; partial squared norms are ``psum``-med over it.
+    stacked: stacked leading axes per leaf (see the module docstring).
 
   Returns:
     A pytree with the structure of ``tree``: per leaf, an array of the
     accumulation dtype (float32, or float64 for float64 leaves) that
-    broadcasts against the leaf: a scalar where one block covers the leaf, or
-    of shape ``(1, ..., 1, units)`` for ``"unit"`` blocks. Leaves of one block
-    hold the same value.
+    broadcasts against the leaf: a scalar where one block covers the leaf,
+    of shape ``(1, ..., 1, units)`` for ``"unit"`` blocks, and with the
+    stacked axes in front (``(L, 1, ..., 1)``) for a stacked leaf. Leaves of
+    one block hold the same value.
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -349,7 +481,9 @@ def block_norms(
     <https://arxiv.org/abs/1709.04546>`_, 2018 (unit blocks).
   """
   check_blocks(blocks, "block_norms")
-  return block_norm_map(lambda n: n, tree, blocks=blocks, axis_name=axis_name)
+  return block_norm_map(
+      lambda n: n, tree, blocks=blocks, stacked=stacked, axis_name=axis_name
+  )
 
 
 def require_params(params: Any, name: str) -> None:

@@ -8,8 +8,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from normopt import blocks as _blocks
+from normopt._numerics import acc_dtype
+from normopt._numerics import inv_norm
+from normopt._numerics import safe_sqrt
+from normopt.blocks import block_norm_map
 from normopt.blocks import BlockSpec
+from normopt.blocks import check_blocks
+from normopt.blocks import check_same_structure
+from normopt.blocks import require_params
+from normopt.blocks import StackedSpec
 
 
 def _scale_leaves(updates, scales):
@@ -23,7 +30,9 @@ def block_normalize(
     blocks: BlockSpec = "layer",
     eps: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Normalizes each block of the gradient to unit Euclidean norm.
 
   .. math::
@@ -40,6 +49,9 @@ def block_normalize(
     eps: norms below ``eps`` divide by ``eps`` instead.
     axis_name: mapped axis across which leaves are sharded (``shard_map``,
       ``pmap``); partial squared norms are summed over it.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -56,21 +68,17 @@ def block_normalize(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
-  _blocks.check_blocks(blocks, "block_normalize")
+  check_blocks(blocks, "block_normalize")
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    scales = _blocks.block_norm_map(
-        lambda n: _blocks.inv_norm(n, eps), updates,
-        blocks=blocks, axis_name=axis_name,
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    scales = block_norm_map(
+        lambda n: inv_norm(n, eps), updates,
+        blocks=blocks, stacked=stacked, axis_name=axis_name,
     )
     return _scale_leaves(updates, scales), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def ngadap_scale(
@@ -78,8 +86,10 @@ def ngadap_scale(
     blocks: BlockSpec = "layer",
     eps: float = 1e-12,
     axis_name: str | None = None,
+    *,
+    stacked: StackedSpec = None,
     min_param_norm: float = 1.0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Scales each gradient block to ``alpha`` times its parameters' norm.
 
   .. math::
@@ -102,6 +112,8 @@ def ngadap_scale(
     blocks: block mode or callable (see :mod:`normopt.blocks`).
     eps: gradient norms below ``eps`` divide by ``eps``.
     axis_name: mapped axis across which leaves are sharded.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`).
     min_param_norm: floor ``rho`` on the parameter norm (see above).
 
   Returns:
@@ -121,33 +133,33 @@ def ngadap_scale(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
-  _blocks.check_blocks(blocks, "ngadap_scale")
+  check_blocks(blocks, "ngadap_scale")
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    _blocks.require_params(params, "ngadap_scale")
-    _blocks.check_same_structure(updates, params, "ngadap_scale")
-    scales = _blocks.block_norm_map(
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    require_params(params, "ngadap_scale")
+    check_same_structure(updates, params, "ngadap_scale")
+    scales = block_norm_map(
         lambda gn, wn: alpha * jnp.maximum(wn, min_param_norm)
-        * _blocks.inv_norm(gn, eps),
+        * inv_norm(gn, eps),
         updates,
         params,
         blocks=blocks,
+        stacked=stacked,
         axis_name=axis_name,
     )
     return _scale_leaves(updates, scales), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def clip_block_norm(
     max_norm: float,
     blocks: BlockSpec = "layer",
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Rescales each block whose norm exceeds ``max_norm`` down to ``max_norm``.
 
   .. math::
@@ -161,6 +173,8 @@ def clip_block_norm(
     max_norm: the largest block norm let through (``> 0``).
     blocks: block mode or callable (see :mod:`normopt.blocks`).
     axis_name: mapped axis across which leaves are sharded.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -177,21 +191,17 @@ def clip_block_norm(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
-  _blocks.check_blocks(blocks, "clip_block_norm")
+  check_blocks(blocks, "clip_block_norm")
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    scales = _blocks.block_norm_map(
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    scales = block_norm_map(
         lambda n: max_norm / jnp.maximum(n, max_norm), updates,
-        blocks=blocks, axis_name=axis_name,
+        blocks=blocks, stacked=stacked, axis_name=axis_name,
     )
     return _scale_leaves(updates, scales), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 class ScaleByAdagradBNGState(NamedTuple):
@@ -205,7 +215,9 @@ def scale_by_adagrad_bng(
     blocks: BlockSpec = "layer",
     eps: float = 1e-12,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad on block-normalized gradients (BNG appendix, Algorithm 2).
 
   .. math::
@@ -221,6 +233,8 @@ def scale_by_adagrad_bng(
     blocks: block mode or callable (see :mod:`normopt.blocks`).
     eps: gradient norms below ``eps`` divide by ``eps``.
     axis_name: mapped axis across which leaves are sharded.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`).
 
   Returns:
     An ``optax.GradientTransformation``; the update is to be scaled by
@@ -238,28 +252,28 @@ def scale_by_adagrad_bng(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
-  _blocks.check_blocks(blocks, "scale_by_adagrad_bng")
+  check_blocks(blocks, "scale_by_adagrad_bng")
 
   def init_fn(params):
     return ScaleByAdagradBNGState(
         sum_of_squares=jax.tree.map(
             # zeros_like keeps the parameter's sharding (jnp.zeros would not).
-            lambda p: jnp.zeros_like(p, dtype=_blocks._acc_dtype(p)), params
+            lambda p: jnp.zeros_like(p, dtype=acc_dtype(p)), params
         )
     )
 
-  def update_fn(updates, state, params=None):
-    del params
-    norms, inv = _blocks.block_norm_map(
-        lambda n: (n, _blocks.inv_norm(n, eps)), updates,
-        blocks=blocks, axis_name=axis_name,
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    norms, inv = block_norm_map(
+        lambda n: (n, inv_norm(n, eps)), updates,
+        blocks=blocks, stacked=stacked, axis_name=axis_name,
     )
     g_hat = jax.tree.map(lambda g, i: g.astype(i.dtype) * i, updates, inv)
     sum_sq = jax.tree.map(
         lambda s, gh: s + jnp.square(gh), state.sum_of_squares, g_hat
     )
     out = jax.tree.map(
-        lambda g, gh, n, s: (n * gh / (delta + _blocks.safe_sqrt(s))).astype(
+        lambda g, gh, n, s: (n * gh / (delta + safe_sqrt(s))).astype(
             jnp.result_type(g)
         ),
         updates,
@@ -269,5 +283,5 @@ def scale_by_adagrad_bng(
     )
     return out, ScaleByAdagradBNGState(sum_of_squares=sum_sq)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -41,15 +41,27 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
-from normopt import blocks as _blocks
+from normopt._numerics import acc_dtype
+from normopt._numerics import inv_norm
+from normopt._numerics import safe_sqrt
+from normopt._numerics import where_pos
+from normopt.blocks import check_same_structure
+from normopt.blocks import flatten_stacked
+from normopt.blocks import require_params
+from normopt.blocks import StackedSpec
+from normopt.blocks import unit_axes
 
 VectorAxes = Union[None, Callable[[Any, Any], Union[tuple[int, ...], None]]]
 
 
-def _leaf_axes(path, leaf, vector_axes, name):
-  """The axes one vector of ``leaf`` spans, or None if it holds no vectors."""
+def _leaf_axes(path, leaf, vector_axes, stacked, name):
+  """The axes one vector of ``leaf`` spans, or None if it holds no vectors.
+
+  ``stacked`` leading axes index separate layers: the default rule applies to
+  each slice, and no vector may span a stacked axis.
+  """
   if vector_axes is None:
-    return _blocks.unit_axes(leaf)
+    return unit_axes(leaf, stacked)
   if not callable(vector_axes):
     raise ValueError(
         f"{name}: vector_axes must be None or a callable "
@@ -72,14 +84,23 @@ def _leaf_axes(path, leaf, vector_axes, name):
         f"{jax.tree_util.keystr(path)} of shape {jnp.shape(leaf)}; expected "
         f"a non-empty tuple of axes in [-{ndim}, {ndim})."
     )
-  return tuple(sorted({a % ndim for a in axes}))
+  axes = tuple(sorted({a % ndim for a in axes}))
+  if axes[0] < stacked:
+    raise ValueError(
+        f"{name}: vector_axes returned {axes!r} for "
+        f"{jax.tree_util.keystr(path)} of shape {jnp.shape(leaf)}, whose "
+        f"first {stacked} axes are stacked layers; a vector cannot span them."
+    )
+  return axes
 
 
-def _flat_axes(tree, vector_axes, name):
+def _flat_axes(tree, vector_axes, stacked, name):
   """Flattens ``tree``; returns (leaves, per-leaf axes, treedef)."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  leaves = [leaf for _, leaf in flat]
-  axes = [_leaf_axes(p, leaf, vector_axes, name) for p, leaf in flat]
+  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
+  axes = [
+      _leaf_axes(p, x, vector_axes, k, name)
+      for p, x, k in zip(paths, leaves, counts)
+  ]
   return leaves, axes, treedef
 
 
@@ -93,28 +114,34 @@ def _vsum(x, axes, axis_name):
 
 def _vnorm(x, axes, axis_name):
   """Euclidean norm of each vector, in float32 or wider (keepdims)."""
-  x = x.astype(_blocks._acc_dtype(x))  # pylint: disable=protected-access
-  return _blocks.safe_sqrt(_vsum(jnp.square(x), axes, axis_name))
+  x = x.astype(acc_dtype(x))
+  return safe_sqrt(_vsum(jnp.square(x), axes, axis_name))
 
 
 def _unit(w, axes, axis_name):
   """``w / ‖w‖`` per vector in float32+, and 0 for a zero vector."""
-  w32 = w.astype(_blocks._acc_dtype(w))  # pylint: disable=protected-access
-  return w32 * _blocks.inv_norm(_vnorm(w, axes, axis_name), 0.0)
+  w32 = w.astype(acc_dtype(w))
+  return w32 * inv_norm(_vnorm(w, axes, axis_name), 0.0)
 
 
-def _vector_moments(params, vector_axes, name, mu_dtype=None):
+def _vector_moments(params, vector_axes, stacked, name, mu_dtype=None):
   """Zero moments ``(mu, nu)``: ``nu`` one scalar per vector (float32 or wider)
-  shaped ``(1, ..., 1, units)``, per element for leaves that are not vectors."""
-  leaves, axes, treedef = _flat_axes(params, vector_axes, name)
+  shaped ``(1, ..., 1, units)``, per element for leaves that are not vectors.
+
+  ``nu`` of a vector leaf is typed as the per-vector sum the update computes
+  (shape, dtype and, under sharding in types, sharding), so the state's types
+  do not change after an update.
+  """
+  leaves, axes, treedef = _flat_axes(params, vector_axes, stacked, name)
   mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
   nu = []
   for p, a in zip(leaves, axes):
     if a is None:
       nu.append(jnp.zeros_like(p))
     else:
-      shape = tuple(1 if i in a else n for i, n in enumerate(jnp.shape(p)))
-      nu.append(jnp.zeros(shape, _blocks._acc_dtype(p)))  # pylint: disable=protected-access
+      nu.append(jnp.zeros_like(jax.eval_shape(
+          lambda x, a=a: jnp.sum(x.astype(acc_dtype(x)), axis=a, keepdims=True), p
+      )))
   unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
   return unflat(mu), unflat(nu)
 
@@ -132,14 +159,16 @@ def _betas_and_corrections(b1, b2, count):
 
 
 def _check_params(updates, params, name):
-  _blocks.require_params(params, name)
-  _blocks.check_same_structure(updates, params, name)
+  require_params(params, name)
+  check_same_structure(updates, params, name)
 
 
 def normalize_vectors(
     params: Any,
     vector_axes: VectorAxes = None,
     axis_name: str | None = None,
+    *,
+    stacked: StackedSpec = None,
 ) -> Any:
   """Puts every unit vector of ``params`` on the unit sphere.
 
@@ -151,6 +180,11 @@ def normalize_vectors(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`). The default
+      vectors of a stacked leaf are those of each slice; none spans a
+      stacked axis.
 
   Returns:
     A pytree like ``params``, each leaf of its original dtype.
@@ -166,7 +200,9 @@ def normalize_vectors(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
-  leaves, axes, treedef = _flat_axes(params, vector_axes, "normalize_vectors")
+  leaves, axes, treedef = _flat_axes(
+      params, vector_axes, stacked, "normalize_vectors"
+  )
   out = [
       w if a is None else _unit(w, a, axis_name).astype(jnp.result_type(w))
       for w, a in zip(leaves, axes)
@@ -177,7 +213,9 @@ def normalize_vectors(
 def spherical_project(
     vector_axes: VectorAxes = None,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Projects each vector's gradient onto the sphere's tangent space.
 
   .. math::
@@ -191,6 +229,11 @@ def spherical_project(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`). The default
+      vectors of a stacked leaf are those of each slice; none spans a
+      stacked axis.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -210,14 +253,11 @@ def spherical_project(
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     name = "spherical_project"
     _check_params(updates, params, name)
-    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, stacked, name)
     w_leaves = jax.tree.leaves(params)
 
     def project(g, w, a):
@@ -232,7 +272,7 @@ def spherical_project(
     out = [project(g, w, a) for g, w, a in zip(g_leaves, w_leaves, axes)]
     return jax.tree_util.tree_unflatten(treedef, out), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 class ScaleByVectorAdamState(NamedTuple):
@@ -253,9 +293,11 @@ def scale_by_vector_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     vector_axes: VectorAxes = None,
+    *,
+    stacked: StackedSpec = None,
     axis_name: str | None = None,
     mu_dtype: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam with one second-moment scalar per vector (ND-Adam eqs. 8-11).
 
   .. math::
@@ -277,6 +319,11 @@ def scale_by_vector_adam(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`). The default
+      vectors of a stacked leaf are those of each slice; none spans a
+      stacked axis.
     mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:
@@ -299,13 +346,15 @@ def scale_by_vector_adam(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    mu, nu = _vector_moments(params, vector_axes, "scale_by_vector_adam", mu_dtype)
+    mu, nu = _vector_moments(
+        params, vector_axes, stacked, "scale_by_vector_adam", mu_dtype
+    )
     return ScaleByVectorAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     name = "scale_by_vector_adam"
-    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, stacked, name)
     mu_leaves = treedef.flatten_up_to(state.mu)
     nu_leaves = treedef.flatten_up_to(state.nu)
     count = optax.safe_increment(state.count)
@@ -313,7 +362,7 @@ def scale_by_vector_adam(
     new_u, new_mu, new_nu = [], [], []
     for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes):
       m_old_dtype, v_old_dtype = jnp.result_type(m), jnp.result_type(v)
-      g32 = g.astype(_blocks._acc_dtype(g))  # pylint: disable=protected-access
+      g32 = g.astype(acc_dtype(g))
       m = beta1 * m.astype(g32.dtype) + (1 - beta1) * g32
       if a is None:
         g2 = jnp.square(g32)
@@ -329,13 +378,15 @@ def scale_by_vector_adam(
         count=count, mu=unflat(new_mu), nu=unflat(new_nu)
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def spherical_retract(
     vector_axes: VectorAxes = None,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    *,
+    stacked: StackedSpec = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Turns an update into one that lands each vector back on the sphere.
 
   .. math::
@@ -350,6 +401,11 @@ def spherical_retract(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`). The default
+      vectors of a stacked leaf are those of each slice; none spans a
+      stacked axis.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -369,52 +425,27 @@ def spherical_retract(
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     name = "spherical_retract"
     _check_params(updates, params, name)
-    u_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    u_leaves, axes, treedef = _flat_axes(updates, vector_axes, stacked, name)
     w_leaves = jax.tree.leaves(params)
 
     def retract(u, w, a):
       if a is None:
         return u
-      acc = _blocks._acc_dtype(w)  # pylint: disable=protected-access
+      acc = acc_dtype(w)
       w32 = w.astype(acc)
       new = w32 + u.astype(acc)
       norm = _vnorm(new, a, axis_name)
-      step = jnp.where(norm > 0, new * _blocks.inv_norm(norm, 0.0) - w32, 0)
+      step = jnp.where(norm > 0, new * inv_norm(norm, 0.0) - w32, 0)
       return step.astype(jnp.result_type(u))
 
     out = [retract(u, w, a) for u, w, a in zip(u_leaves, w_leaves, axes)]
     return jax.tree_util.tree_unflatten(treedef, out), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def is_vector_leaf(vector_axes: VectorAxes = None) -> Callable[[Any], Any]:
-  """A label function for ``optax.partition``: ``"vector"`` or ``"other"``.
-
-  Args:
-    vector_axes: ``None`` (the ``"unit"`` rule) or a callable
-      ``(path, leaf) -> axes | None``.
-
-  Returns:
-    A function ``tree -> tree of labels``.
-  """
-
-  def labels(tree):
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: "other"
-        if _leaf_axes(p, x, vector_axes, "nd_adam") is None
-        else "vector",
-        tree,
-    )
-
-  return labels
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 class NDAdamState(NamedTuple):
@@ -429,12 +460,6 @@ class NDAdamState(NamedTuple):
   count: jax.Array
   mu: Any
   nu: Any
-
-
-def _where_pos(x, fn):
-  """``fn(x)`` where ``x > 0``, else 0 (no NaN from the other branch)."""
-  pos = x > 0
-  return jnp.where(pos, fn(jnp.where(pos, x, 1)), 0)
 
 
 def _vector_step(w, g, m, v, axes, lr, beta1, beta2, eps, bc1, bc2, axis_name):
@@ -454,7 +479,7 @@ def _vector_step(w, g, m, v, axes, lr, beta1, beta2, eps, bc1, bc2, axis_name):
   expand ``‖w - s·m'‖²`` reads more than the direct second reduction; and a
   full-size temporary costs more than recomputing ``w - s·m'``.
   """
-  acc = _blocks._acc_dtype(w)  # pylint: disable=protected-access
+  acc = acc_dtype(w)
   w, g, m = (x.astype(acc) for x in (w, g, m))
   sums = jnp.stack(
       [jnp.sum(p, axis=axes, keepdims=True) for p in (w * w, g * w, g * g)]
@@ -462,13 +487,13 @@ def _vector_step(w, g, m, v, axes, lr, beta1, beta2, eps, bc1, bc2, axis_name):
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   ww, gw, gg = sums[0], sums[1], sums[2]
-  k = _where_pos(ww, lambda x: gw / x)
+  k = where_pos(ww, lambda x: gw / x)
   gbar2 = jnp.maximum(gg - k * gw, 0)  # = Σg² - 2k·Σg·w + k²·Σw²
   v = beta2 * v.astype(acc) + (1 - beta2) * gbar2
   step = lr / (bc1 * (jnp.sqrt(v / bc2) + eps))
   m_new = beta1 * m + (1 - beta1) * (g - k * w)
   new2 = _vsum(jnp.square(w - step * m_new), axes, axis_name)
-  q = _where_pos(new2, lax.rsqrt)
+  q = where_pos(new2, lax.rsqrt)
   # Not ``(w - step·m') * q - w``: a second use of ``w - step·m'`` would make
   # XLA write it to a full-size temporary instead of recomputing it.
   u = jnp.where(q > 0, w * (q - 1) - (step * q) * m_new, 0)
@@ -482,8 +507,11 @@ def nd_adam_transform(
     b2: float = 0.999,
     eps: float = 1e-8,
     vector_axes: VectorAxes = None,
+    *,
+    stacked: StackedSpec = None,
     axis_name: str | None = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""ND-Adam's whole step, fused: the engine of :func:`normopt.nd_adam`.
 
   Computes ``chain(spherical_project, scale_by_vector_adam,
@@ -513,6 +541,12 @@ def nd_adam_transform(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
+    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
+      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
+      pytree prefix of ints (see :mod:`normopt.blocks`). The default
+      vectors of a stacked leaf are those of each slice; none spans a
+      stacked axis.
+    mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`NDAdamState`; ``update``
@@ -532,14 +566,16 @@ def nd_adam_transform(
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
   name = "nd_adam"
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    mu, nu = _vector_moments(params, vector_axes, name)
+    mu, nu = _vector_moments(params, vector_axes, stacked, name, mu_dtype)
     return NDAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     _check_params(updates, params, name)
-    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, name)
+    g_leaves, axes, treedef = _flat_axes(updates, vector_axes, stacked, name)
     w_leaves = treedef.flatten_up_to(params)
     mu_leaves = treedef.flatten_up_to(state.mu)
     nu_leaves = treedef.flatten_up_to(state.nu)
@@ -555,7 +591,7 @@ def nd_adam_transform(
     new_u, new_mu, new_nu = [], [], []
     for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes):
       if a is None:  # Adam
-        acc = _blocks._acc_dtype(g)  # pylint: disable=protected-access
+        acc = acc_dtype(g)
         g32 = g.astype(acc)
         m_new = beta1 * m.astype(acc) + (1 - beta1) * g32
         v_new = beta2 * v.astype(acc) + (1 - beta2) * jnp.square(g32)
@@ -570,4 +606,4 @@ def nd_adam_transform(
     unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
     return unflat(new_u), NDAdamState(count=count, mu=unflat(new_mu), nu=unflat(new_nu))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

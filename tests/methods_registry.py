@@ -35,7 +35,8 @@ def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, *, axis_name
   # inject_hyperparams would bind a **kw parameter as an argument named "kw".
   return optax.chain(
       normopt.scale_by_adanorm_moments(
-          "adam", gamma, b1, b2, eps, eps_root, threshold, axis_name=axis_name
+          kind="adam", gamma=gamma, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+          threshold=threshold, axis_name=axis_name,
       ),
       optax.scale(1e-2),
   )
@@ -43,7 +44,8 @@ def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, *, axis_name
 
 def _diffgrad_small(b1, b2, eps, eps_root):
   return optax.chain(
-      normopt.scale_by_diffgrad(b1, b2, eps, eps_root), optax.scale(1e-2)
+      normopt.scale_by_diffgrad(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+      optax.scale(1e-2),
   )
 
 
