@@ -27,21 +27,14 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import time
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+import _common
 import normopt
 
 LR = 1e-3
@@ -83,112 +76,34 @@ def make_optimizers(total_steps: int) -> dict[str, optax.GradientTransformation]
   }
 
 
-def load_data():
-  digits = load_digits()
-  x = (digits.images / 16.0).astype(np.float32)[..., None]
-  y = digits.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(
-      x, y, test_size=0.2, random_state=0, stratify=y)
-  mean, std = x_tr.mean(), x_tr.std()
-  return ((x_tr - mean) / std, y_tr), ((x_te - mean) / std, y_te)
-
-
-def make_init(model, x_example):
-  """Returns jitted ``init(seed) -> (params, batch_stats, data_key)``."""
-
-  @jax.jit
-  def init(seed):
-    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
-    variables = model.init(k_init, x_example, train=False)
-    return variables["params"], variables["batch_stats"], k_data
-
-  return init
-
-
-def first_moment_norms(grads, opt_state):
-  """Means over tensors: ‖g‖, ‖first-moment input‖ (‖s‖ or ‖g‖), corrected."""
+def first_moment_norms(loss, grads, opt_state):
+  """Per step: loss and means over tensors of ‖g‖, ‖first-moment input‖ (‖s‖
+  or ‖g‖) and of "corrected" (e > ‖g‖)."""
   g_norms = [jnp.ravel(n)[0] for n in
              jax.tree.leaves(normopt.block_norms(grads, "leaf"))]
   raw = jnp.mean(jnp.stack(g_norms))
   inner = opt_state[0]
   if not isinstance(inner, normopt.ScaleByAdaNormState):
-    return raw, raw, jnp.zeros([])
+    return loss, raw, raw, jnp.zeros([])
   e = [jnp.ravel(x)[0] for x in jax.tree.leaves(inner.e)]
   s = [jnp.where(n > 0, jnp.maximum(ei, n), 0.0) for ei, n in zip(e, g_norms)]
   on = [(ei > n).astype(jnp.float32) for ei, n in zip(e, g_norms)]
-  return raw, jnp.mean(jnp.stack(s)), jnp.mean(jnp.stack(on))
-
-
-def make_epoch(model, tx, train, test, batch_size):
-  """Jitted ``epoch(state) -> (state, (losses, raw norms, s norms), test acc)``."""
-  x_tr, y_tr = (jnp.asarray(a) for a in train)
-  x_te, y_te = (jnp.asarray(a) for a in test)
-  n = x_tr.shape[0]
-  steps = n // batch_size
-
-  def loss_fn(params, stats, x, y):
-    logits, new = model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True,
-        mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, new["batch_stats"]
-
-  @jax.jit
-  def epoch(state):
-    params, stats, opt_state, key = state
-    key, k_perm = jax.random.split(key)
-    perm = jax.random.permutation(k_perm, n)[: steps * batch_size]
-    perm = perm.reshape(steps, batch_size)
-
-    def step(carry, idx):
-      params, stats, opt_state = carry
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, stats, x_tr[idx], y_tr[idx])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      raw, s, on = first_moment_norms(grads, opt_state)
-      return (params, stats, opt_state), (loss, raw, s, on)
-
-    (params, stats, opt_state), per_step = jax.lax.scan(
-        step, (params, stats, opt_state), perm)
-    logits = model.apply(
-        {"params": params, "batch_stats": stats}, x_te, train=False)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y_te)
-    return (params, stats, opt_state, key), per_step, acc
-
-  return epoch
-
-
-def _mean_std(a):
-  a = np.asarray(a, np.float64)
-  return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
+  return loss, raw, jnp.mean(jnp.stack(s)), jnp.mean(jnp.stack(on))
 
 
 def compare(res, base, norm):
   """Verdict on the paper's direction "Norm ≥ base" in final test accuracy."""
-  a = np.asarray(res[norm]["final_test_acc"])
-  b = np.asarray(res[base]["final_test_acc"])
-  diff = float(a.mean() - b.mean())
-  se = (float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
-        if a.size > 1 else 0.0)
-  if diff > se:
-    verdict = "holds (Norm higher)"
-  elif diff < -se:
-    verdict = "does not hold (Norm lower)"
-  else:
-    verdict = "within noise"
+  diff, se = _common.diff_se(res[norm]["final_test_acc"],
+                             res[base]["final_test_acc"])
+  label = {"holds": "holds (Norm higher)", "does not hold":
+           "does not hold (Norm lower)"}
+  v = _common.verdict(diff, se, lower_is_better=False)
   return {"base": base, "norm": norm, "diff": diff, "se": se,
-          "verdict": verdict}
+          "verdict": label.get(v, v)}
 
 
-def write_outputs(result, out_dir):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "adanorm_cnn.json"), "w") as f:
-    json.dump(result, f, indent=1)
+def plot(result, path):
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   res = result["methods"]
   cfg = result["config"]
@@ -212,9 +127,13 @@ def write_outputs(result, out_dir):
                f"moment (CNN-BN on digits, mean of {cfg['seeds']} seeds)",
                fontsize=10)
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "adanorm_cnn_fig3.png"), dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
+def markdown(result):
+  res = result["methods"]
+  cfg = result["config"]
   lines = [
       "# AdaNorm Table 1 in small: CNN + BN on digits",
       "",
@@ -228,10 +147,10 @@ def write_outputs(result, out_dir):
       "|---|---|---|---|---|---|---|",
   ]
   for c in result["claims"]:
-    mb, sb = _mean_std(np.asarray(res[c["base"]]["final_test_acc"]) * 100)
-    mn, sn = _mean_std(np.asarray(res[c["norm"]]["final_test_acc"]) * 100)
-    lb, _ = _mean_std(res[c["base"]]["final_train_loss"])
-    ln, _ = _mean_std(res[c["norm"]]["final_train_loss"])
+    mb, sb = _common.mean_std(np.asarray(res[c["base"]]["final_test_acc"]) * 100)
+    mn, sn = _common.mean_std(np.asarray(res[c["norm"]]["final_test_acc"]) * 100)
+    lb, _ = _common.mean_std(res[c["base"]]["final_train_loss"])
+    ln, _ = _common.mean_std(res[c["norm"]]["final_train_loss"])
     lines.append(
         f"| {c['base']} | {mb:.2f} ± {sb:.2f} | {mn:.2f} ± {sn:.2f} | "
         f"{100 * c['diff']:+.2f} | {100 * c['se']:.2f} | {c['verdict']} | "
@@ -242,7 +161,7 @@ def write_outputs(result, out_dir):
       "compilation) |",
       "|---|---|---|---|---|"]
   for name, r in res.items():
-    tl, _ = _mean_std(r["final_train_loss"])
+    tl, _ = _common.mean_std(r["final_train_loss"])
     frac = r.get("corrected_fraction")
     frac = "–" if frac is None else f"{frac:.2f}"
     last = np.mean(r["first_moment_norm_mean"][-cfg["steps_per_epoch"]:])
@@ -253,28 +172,27 @@ def write_outputs(result, out_dir):
       "seeds.", "", "Verdict rule: the direction holds when Norm − base exceeds one "
       "standard error of the difference of the means (3 seeds), does not "
       "hold when below minus one, and is within noise otherwise.",
-      "", f"Ran on: {cfg['machine']}."]
-  with open(os.path.join(out_dir, "adanorm_cnn.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+      "", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="one epoch, one seed, narrow model (seconds)")
-  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser = _common.make_parser(
+      __doc__, "one epoch, one seed, narrow model (seconds)")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--pairs", nargs="*", default=None,
                       help=f"subset of {PAIRS} (default: all; --quick: Adam)")
   args = parser.parse_args(argv)
+  out = _common.output_dir(parser, args, "adanorm_cnn",
+                           partial=bool(args.epochs or args.pairs))
 
   epochs = args.epochs or (1 if args.quick else 30)
   seeds = [0] if args.quick else [0, 1, 2]
   width = 4 if args.quick else 16
   batch_size = 64
   pairs = args.pairs or (["Adam"] if args.quick else list(PAIRS))
-  train, test = load_data()
-  steps_per_epoch = train[0].shape[0] // batch_size
+  data = _common.load_digits(images=True)
+  steps_per_epoch = data.x_train.shape[0] // batch_size
   model = CNN(width=width)
   txs = make_optimizers(epochs * steps_per_epoch)
   txs = {k: v for k, v in txs.items() if k.removesuffix("Norm") in pairs}
@@ -284,40 +202,22 @@ def main(argv=None):
           "epochs": epochs, "seeds": len(seeds), "seed_list": seeds,
           "width": width, "batch_size": batch_size,
           "steps_per_epoch": steps_per_epoch, "lr": LR, "gamma": GAMMA,
-          "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
-          "quick": args.quick,
-          "machine": f"{platform.machine()} CPU x{os.cpu_count()} "
-                     f"(jax {jax.__version__}, {jax.default_backend()}), "
-                     "shared with other jobs",
+          "n_train": int(data.x_train.shape[0]),
+          "n_test": int(data.x_test.shape[0]), "data": _common.DIGITS_CONVENTION,
+          "quick": args.quick, "machine": _common.machine_info(),
       },
       "methods": {},
   }
-  init = make_init(model, jnp.asarray(train[0][:2]))
-  with tqdm(total=len(txs) * len(seeds) * epochs, desc="adanorm_cnn") as bar:
+  init = _common.make_flax_init(model, jnp.asarray(data.x_train[:2]))
+  with tqdm(total=len(txs) * len(seeds) * epochs, desc="adanorm_cnn",
+            disable=args.quiet) as bar:
     for name, tx in txs.items():
       bar.set_postfix_str(name)
-      epoch = make_epoch(model, tx, train, test, batch_size)
-      t0 = time.perf_counter()
-      accs, losses, raws, ss, ons = [], [], [], [], []
-      for seed in seeds:
-        params, stats, key = init(seed)
-        state = (params, stats, tx.init(params), key)
-        acc_curve, per_steps = [], []
-        for _ in range(epochs):
-          state, per_step, acc = epoch(state)
-          per_steps.append(per_step)
-          acc_curve.append(acc)
-          bar.update()
-        loss, raw, s, on = (
-            np.concatenate([np.asarray(p[i]) for p in per_steps])
-            for i in range(4))
-        accs.append(np.asarray(acc_curve))
-        losses.append(loss)
-        raws.append(raw)
-        ss.append(s)
-        ons.append(on)
-      accs, losses = np.stack(accs), np.stack(losses)
-      raws, ss = np.stack(raws), np.stack(ss)  # (seeds, iterations)
+      run = _common.train_flax(model, tx, data, batch_size, epochs, seeds,
+                               step_metrics=first_moment_norms, init=init,
+                               bar=bar)
+      losses, raws, ss, ons = run.per_step  # each (seeds, iterations)
+      accs = run.evaluation  # (seeds, epochs)
       final_loss = losses[:, -steps_per_epoch:].mean(1)
       result["methods"][name] = {
           "test_acc": accs.tolist(),
@@ -327,11 +227,12 @@ def main(argv=None):
           "first_moment_norm_mean": ss.mean(0).tolist(),
           "corrected_fraction": (float(np.mean(ons))
                                  if name.endswith("Norm") else None),
-          "seconds": time.perf_counter() - t0,
+          "seconds": run.seconds,
       }
   result["claims"] = [compare(result["methods"], p, p + "Norm")
                       for p in PAIRS if p in txs and p + "Norm" in txs]
-  write_outputs(result, args.out)
+  _common.write_results(out, "adanorm_cnn", result, markdown(result),
+                        {"adanorm_cnn_fig3.png": plot})
   for c in result["claims"]:
     print(f"{c['norm']} vs {c['base']}: {100 * c['diff']:+.2f}pp ± "
           f"{100 * c['se']:.2f} -> {c['verdict']}")

@@ -27,21 +27,13 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import time
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+import _common
 import normopt
 
 SGD_LR = 0.1
@@ -114,86 +106,16 @@ def make_optimizers(total_steps: int) -> dict[str, optax.GradientTransformation]
   }
 
 
-def load_data():
-  digits = load_digits()
-  x = (digits.images / 16.0).astype(np.float32)[..., None]
-  y = digits.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(
-      x, y, test_size=0.2, random_state=0, stratify=y)
-  mean, std = x_tr.mean(), x_tr.std()
-  return ((x_tr - mean) / std, y_tr), ((x_te - mean) / std, y_te)
-
-
-def make_init(model, x_example):
-  """Returns jitted ``init(seed) -> (params, batch_stats, data_key)``."""
-
-  @jax.jit
-  def init(seed):
-    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
-    variables = model.init(k_init, x_example, train=False)
-    return variables["params"], variables["batch_stats"], k_data
-
-  return init
-
-
-def make_epoch(model, tx, train, test, batch_size):
-  """Returns a jitted ``epoch(state) -> (state, (train loss, test error))``."""
-  x_tr, y_tr = (jnp.asarray(a) for a in train)
-  x_te, y_te = (jnp.asarray(a) for a in test)
-  n = x_tr.shape[0]
-  steps = n // batch_size
-
-  def loss_fn(params, stats, x, y):
-    logits, new = model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True,
-        mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, new["batch_stats"]
-
-  @jax.jit
-  def epoch(state):
-    params, stats, opt_state, key = state
-    key, k_perm = jax.random.split(key)
-    perm = jax.random.permutation(k_perm, n)[: steps * batch_size]
-    perm = perm.reshape(steps, batch_size)
-
-    def step(carry, idx):
-      params, stats, opt_state = carry
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, stats, x_tr[idx], y_tr[idx])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, stats, opt_state), loss
-
-    (params, stats, opt_state), losses = jax.lax.scan(
-        step, (params, stats, opt_state), perm)
-    logits = model.apply(
-        {"params": params, "batch_stats": stats}, x_te, train=False)
-    test_err = jnp.mean(jnp.argmax(logits, -1) != y_te)
-    return (params, stats, opt_state, key), (jnp.mean(losses), test_err)
-
-  return epoch
-
-
-def _mean_std(a):
-  a = np.asarray(a, np.float64)
-  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
 def _compare(res, better, worse):
   """Verdict on "``better`` has lower final test error than ``worse``"."""
-  a = np.asarray(res[better]["final_test_error"])
-  b = np.asarray(res[worse]["final_test_error"])
-  diff = float(a.mean() - b.mean())
-  se = float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)) if a.size > 1 else 0.0
-  if diff < -max(se, 1e-12):
-    verdict = "holds"
-  elif diff > max(se, 1e-12):
-    verdict = "does not hold"
-  else:
-    verdict = "within noise"
+  diff, se = _common.diff_se(res[better]["final_test_error"],
+                             res[worse]["final_test_error"])
   return {"better": better, "worse": worse, "diff": diff, "se": se,
-          "verdict": verdict}
+          "verdict": _common.verdict(diff, se)}
+
+
+def test_error(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) != labels)
 
 
 CLAIMS = [
@@ -209,14 +131,8 @@ CLAIMS = [
 ]
 
 
-def write_outputs(result, out_dir):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "bng_cnn.json"), "w") as f:
-    json.dump(result, f, indent=1)
+def plot(result, path):
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   res = result["methods"]
   epochs = np.arange(1, result["config"]["epochs"] + 1)
@@ -233,8 +149,7 @@ def write_outputs(result, out_dir):
     for name in members:
       r = res[name]
       for row, key in enumerate(("train_loss", "test_error")):
-        curves = np.asarray(r[key])
-        m, s = curves.mean(0), curves.std(0)
+        m, s = _common.mean_std(r[key], axis=0)
         ax = axes[row, col]
         ax.plot(epochs, m, label=name)
         ax.fill_between(epochs, m - s, m + s, alpha=0.2)
@@ -249,9 +164,12 @@ def write_outputs(result, out_dir):
   fig.suptitle("BNG Tables 1-2 in small: ResNet-BN on digits "
                f"(mean ± std over {result['config']['seeds']} seeds)")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "bng_cnn.png"), dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
+def markdown(result):
+  res = result["methods"]
   cfg = result["config"]
   lines = [
       "# BNG Tables 1-2 in small: residual CNN + BN on digits",
@@ -266,8 +184,8 @@ def write_outputs(result, out_dir):
       "|---|---|---|---|",
   ]
   for name, r in res.items():
-    m, s = _mean_std(np.asarray(r["final_test_error"]) * 100)
-    tl, _ = _mean_std(r["final_train_loss"])
+    m, s = _common.mean_std(np.asarray(r["final_test_error"]) * 100)
+    tl, _ = _common.mean_std(r["final_train_loss"])
     lines.append(f"| {name} | {m:.2f} ± {s:.2f} | {tl:.2e} | {r['seconds']:.1f} |")
   lines += ["", "| claim | difference in test error (pp) | ± se | verdict |",
             "|---|---|---|---|"]
@@ -277,27 +195,26 @@ def write_outputs(result, out_dir):
   lines += ["", "Verdict rule: a claim holds when the mean difference is "
             "below minus one standard error of the difference (3 seeds); "
             "it does not hold when above plus one; otherwise within noise.",
-            "", f"Ran on: {cfg['machine']}."]
-  with open(os.path.join(out_dir, "bng_cnn.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+            "", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="a few epochs, one seed, narrow model (seconds)")
-  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser = _common.make_parser(
+      __doc__, "a few epochs, one seed, narrow model (seconds)")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--methods", nargs="*", default=None,
                       help="subset of methods (default: all; --quick: two)")
   args = parser.parse_args(argv)
+  out = _common.output_dir(parser, args, "bng_cnn",
+                           partial=bool(args.epochs or args.methods))
 
   epochs = args.epochs or (2 if args.quick else 12)
   seeds = [0] if args.quick else [0, 1, 2]
   width = 4 if args.quick else 8
   batch_size = 64
-  train, test = load_data()
-  steps_per_epoch = train[0].shape[0] // batch_size
+  data = _common.load_digits(images=True)
+  steps_per_epoch = data.x_train.shape[0] // batch_size
   model = ResNet(width=width)
   txs = make_optimizers(epochs * steps_per_epoch)
   names = args.methods or (["SGDM", "SGDM-NG"] if args.quick else list(txs))
@@ -308,45 +225,35 @@ def main(argv=None):
           "epochs": epochs, "seeds": len(seeds), "seed_list": seeds,
           "width": width, "batch_size": batch_size,
           "steps_per_epoch": steps_per_epoch,
-          "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
+          "n_train": int(data.x_train.shape[0]),
+          "n_test": int(data.x_test.shape[0]), "data": _common.DIGITS_CONVENTION,
           "sgd_lr": SGD_LR, "adam_lr": ADAM_LR,
           "adam_lr_high": ADAM_LR_HIGH, "alpha": ALPHA,
           "clip_norm": CLIP_NORM, "momentum": MOMENTUM, "quick": args.quick,
-          "machine": f"{platform.machine()} CPU x{os.cpu_count()} "
-                     f"(jax {jax.__version__}, {jax.default_backend()})",
+          "machine": _common.machine_info(),
       },
       "methods": {},
   }
-  init = make_init(model, jnp.asarray(train[0][:2]))
-  with tqdm(total=len(txs) * len(seeds) * epochs, desc="bng_cnn") as bar:
+  init = _common.make_flax_init(model, jnp.asarray(data.x_train[:2]))
+  with tqdm(total=len(txs) * len(seeds) * epochs, desc="bng_cnn",
+            disable=args.quiet) as bar:
     for name, tx in txs.items():
       bar.set_postfix_str(name)
-      epoch = make_epoch(model, tx, train, test, batch_size)
-      t0 = time.perf_counter()
-      losses, errs = [], []
-      for seed in seeds:
-        params, stats, key = init(seed)
-        state = (params, stats, tx.init(params), key)
-        curve = []
-        for _ in range(epochs):
-          state, metrics = epoch(state)
-          curve.append(metrics)
-          bar.update()
-        loss, err = np.asarray(jax.device_get(curve)).T
-        losses.append(loss)
-        errs.append(err)
-      losses, errs = np.stack(losses), np.stack(errs)  # (seeds, epochs)
+      run = _common.train_flax(model, tx, data, batch_size, epochs, seeds,
+                               evaluate=test_error, init=init, bar=bar)
+      losses, errs = run.per_epoch, run.evaluation  # (seeds, epochs)
       result["methods"][name] = {
           "train_loss": losses.tolist(),
           "test_error": errs.tolist(),
           "final_train_loss": losses[:, -1].tolist(),
           "final_test_error": errs[:, -1].tolist(),
-          "seconds": time.perf_counter() - t0,
+          "seconds": run.seconds,
       }
   result["claims"] = [
       dict(claim=c, **_compare(result["methods"], a, b))
       for c, a, b in CLAIMS if a in txs and b in txs]
-  write_outputs(result, args.out)
+  _common.write_results(out, "bng_cnn", result, markdown(result),
+                        {"bng_cnn.png": plot})
   for c in result["claims"]:
     print(f"{c['claim']}: {100 * c['diff']:+.2f}pp ± {100 * c['se']:.2f} "
           f"-> {c['verdict']}")

@@ -22,16 +22,12 @@ each started from a zero state.
 Run from the repository root::
 
   python benchmarks/bng_lstm.py            # full: writes benchmarks/results/bng_lstm.*
-  python benchmarks/bng_lstm.py --quick --out /tmp/bng   # a few seconds
+  python benchmarks/bng_lstm.py --quick   # a few seconds, into a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import platform
 import time
 
 import jax
@@ -40,6 +36,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import _common
 import normopt
 
 LRS = {"Adam": 2e-3, "AdaGrad": 0.1, "SGDM": 0.1}
@@ -172,11 +169,6 @@ def _val_at(r, frac):
   return math.inf if v is None else v
 
 
-def _verdict(d, noise):
-  return ("holds" if d < -noise else
-          "does not hold" if d > noise else "within noise")
-
-
 def compute_claims(result):
   """Fills ``result["claims"]`` and ``result["length_claims"]``."""
   noise = result["config"]["noise"]
@@ -194,7 +186,7 @@ def compute_claims(result):
       result["claims"].append(
           {"claim": claim, "when": when, "better": a, "worse": b,
            "diff": diffs,
-           "verdict": {l: _verdict(d, noise) for l, d in diffs.items()}})
+           "verdict": {l: _common.verdict(d, noise) for l, d in diffs.items()}})
   # The paper: NG helps more when the BPTT length (and so the risk of
   # exploding gradients) is larger.
   result["length_claims"] = []
@@ -211,17 +203,11 @@ def compute_claims(result):
     result["length_claims"].append(
         {"claim": f"{ng}'s gain over {base} is larger at BPTT {long_} "
                   f"than at {short}", "gain": gain, "diff": d,
-         "verdict": _verdict(d, noise)})
+         "verdict": _common.verdict(d, noise)})
 
 
-def write_outputs(result, out_dir):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "bng_lstm.json"), "w") as f:
-    json.dump(result, f, indent=1)
+def plot(result, path):
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   lengths = list(result["runs"])
   fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4.5),
@@ -241,9 +227,12 @@ def write_outputs(result, out_dir):
   fig.suptitle("BNG Fig. 3 in small: 2-layer LSTM char LM on pydoc topics "
                "(solid: NG, dashed: plain)")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "bng_lstm.png"), dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
+def markdown(result):
+  lengths = list(result["runs"])
   cfg = result["config"]
   lines = [
       "# BNG Fig. 3 in small: 2-layer LSTM character LM",
@@ -283,19 +272,19 @@ def write_outputs(result, out_dir):
   lines += ["", f"One seed; differences below {cfg['noise']} nats are "
             "called within noise.", "",
             f"Ran on: {cfg['machine']}."]
-  with open(os.path.join(out_dir, "bng_lstm.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny model, one BPTT length, two optimizers (seconds)")
-  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser = _common.make_parser(
+      __doc__, "tiny model, one BPTT length, two optimizers (seconds)")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--lengths", type=int, nargs="*", default=None)
   parser.add_argument("--methods", nargs="*", default=None)
   args = parser.parse_args(argv)
+  out = _common.output_dir(
+      parser, args, "bng_lstm",
+      partial=bool(args.steps or args.lengths or args.methods))
 
   quick = args.quick
   lengths = args.lengths or ([16] if quick else [40, 400])
@@ -320,14 +309,14 @@ def main(argv=None):
           "lrs": LRS, "momentum": MOMENTUM, "vocab_size": len(vocab),
           "n_train_chars": int(len(train_ids)),
           "n_val_chars": int(len(val_ids)), "noise": noise, "quick": quick,
-          "machine": f"{platform.machine()} CPU x{os.cpu_count()} "
-                     f"(jax {jax.__version__}, {jax.default_backend()})",
+          "machine": _common.machine_info(),
       },
       "runs": {},
   }
   n_chunks = steps // eval_every
   params0 = init_params(jax.random.PRNGKey(seed), len(vocab), embed, hidden)
-  with tqdm(total=len(lengths) * len(txs) * n_chunks, desc="bng_lstm") as bar:
+  with tqdm(total=len(lengths) * len(txs) * n_chunks, desc="bng_lstm",
+            disable=args.quiet) as bar:
     for length in lengths:
       batch = chars_per_update // length
       evaluate = make_eval(val_ids, length, val_chars)
@@ -355,7 +344,8 @@ def main(argv=None):
         }
 
   compute_claims(result)
-  write_outputs(result, args.out)
+  _common.write_results(out, "bng_lstm", result, markdown(result),
+                        {"bng_lstm.png": plot})
   for c in result["claims"]:
     print(c["claim"], f"({c['when']})",
           {l: f"{c['diff'][l]:+.3f} {c['verdict'][l]}" for l in c["diff"]})

@@ -5,8 +5,9 @@ claim to train deep sigmoid MLPs that stall under the plain optimizer at the
 same step size: the layer gradients of a deep sigmoid net shrink towards the
 input (vanishing gradients) and normalizing each layer's gradient to unit norm
 lets every layer move. This script trains sigmoid MLPs with 6, 12 and 18
-hidden layers x 100 units on ``sklearn.datasets.load_digits`` (75/25
-stratified split, standardized inputs), batch 100, with
+hidden layers x 100 units on ``sklearn.datasets.load_digits`` (the
+benchmarks' one split: stratified 80/20, standardized; see
+``_common.load_digits``), batch 100, with
 
   * Adam vs ``normopt.adam_ng``,
   * SGD-momentum vs ``normopt.sgd_ng``,
@@ -17,8 +18,8 @@ curves (PNG), the numbers (JSON) and a markdown table.
 
 Run from the repository root::
 
-  python benchmarks/bng_mlp_digits.py            # full run (a few minutes)
-  python benchmarks/bng_mlp_digits.py --quick    # seconds, for tests
+  python benchmarks/bng_mlp_digits.py            # full run: benchmarks/results/
+  python benchmarks/bng_mlp_digits.py --quick    # seconds, into a temp folder
 
 Every step of one (depth, optimizer) run is one ``jax.lax.scan`` inside one
 ``jax.jit``: one compile per (depth, optimizer), seeds vmapped.
@@ -26,18 +27,16 @@ Every step of one (depth, optimizer) run is one ``jax.lax.scan`` inside one
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
+import _common
 import normopt
 
 # Step sizes: the usual library defaults (Adam 1e-3; SGD-momentum 0.01 with
@@ -60,20 +59,6 @@ FULL = dict(depths=(6, 12, 18), steps=1500, eval_every=50, seeds=3,
             batch=100, width=100)
 QUICK = dict(depths=(3,), steps=40, eval_every=20, seeds=2, batch=100,
              width=32)
-
-
-def load_data():
-  """Digits, 75/25 stratified split, inputs standardized on the train set."""
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-  from sklearn.preprocessing import StandardScaler
-
-  x, y = load_digits(return_X_y=True)
-  xtr, xte, ytr, yte = train_test_split(
-      x, y, test_size=0.25, stratify=y, random_state=0)
-  scaler = StandardScaler().fit(xtr)
-  f32 = lambda a: jnp.asarray(scaler.transform(a), jnp.float32)
-  return f32(xtr), jnp.asarray(ytr), f32(xte), jnp.asarray(yte)
 
 
 def init_mlp(rng, sizes):
@@ -106,94 +91,35 @@ def metrics(params, x, y):
   return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def make_run(tx, sizes, data, steps, eval_every, batch):
-  """jit(vmap over seeds) of a whole training run; returns the curves."""
-  xtr, ytr, xte, yte = data
-  n = xtr.shape[0]
-  n_evals = steps // eval_every
-  n_epochs = math.ceil(steps * batch / n)
-
-  def evaluate(params):
-    tr_loss, tr_acc = metrics(params, xtr, ytr)
-    te_loss, te_acc = metrics(params, xte, yte)
-    return jnp.stack([tr_loss, tr_acc, te_loss, te_acc])
-
-  def one_seed(params, idx):
-    def step(carry, b):
-      params, state = carry
-      grads = jax.grad(loss_fn)(params, xtr[b], ytr[b])
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    def chunk(carry, idx_chunk):
-      carry, _ = jax.lax.scan(step, carry, idx_chunk)
-      return carry, evaluate(carry[0])
-
-    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
-    return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
-
-  train = jax.jit(jax.vmap(one_seed))
-
-  def run_seeds(seeds):
-    # Initial parameters and batch order come from NumPy, outside the jitted
-    # function: random permutations inside jit dominate compile time on CPU.
-    inits, orders = [], []
-    for seed in seeds:
-      rng = np.random.default_rng(seed)
-      inits.append(init_mlp(rng, sizes))
-      order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
-      orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
-    params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-    return train(params, jnp.asarray(np.stack(orders), jnp.int32))
-
-  return run_seeds
-
-
-def run(cfg, out_dir, quiet=False):
-  from tqdm import tqdm
-
-  data = load_data()
+def run(cfg, quiet=False):
+  data = _common.load_digits()
   n_classes = 10
   seeds = list(range(cfg["seeds"]))
   results = {}
   jobs = [(d, name) for d in cfg["depths"] for name in OPTIMIZERS]
   t0 = time.time()
   for depth, name in tqdm(jobs, desc="bng_mlp_digits", disable=quiet):
-    sizes = [data[0].shape[1]] + [cfg["width"]] * depth + [n_classes]
-    fn = make_run(OPTIMIZERS[name](), sizes, data, cfg["steps"],
-                  cfg["eval_every"], cfg["batch"])
-    curves = np.asarray(fn(seeds), np.float64)  # (seeds, evals, 4)
-    results.setdefault(str(depth), {})[name] = {
-        "train_loss": curves[:, :, 0].tolist(),
-        "train_acc": curves[:, :, 1].tolist(),
-        "test_loss": curves[:, :, 2].tolist(),
-        "test_acc": curves[:, :, 3].tolist(),
-    }
-  elapsed = time.time() - t0
-  steps_axis = list(range(0, cfg["steps"] + 1, cfg["eval_every"]))
-  payload = {
+    sizes = [data.x_train.shape[1]] + [cfg["width"]] * depth + [n_classes]
+    fn = _common.make_vmapped_run(
+        OPTIMIZERS[name](), lambda rng, sizes=sizes: init_mlp(rng, sizes),
+        loss_fn, metrics, data, cfg["steps"], cfg["eval_every"], cfg["batch"])
+    results.setdefault(str(depth), {})[name] = _common.curves_dict(fn(seeds))
+  return {
       "benchmark": "bng_mlp_digits",
       "config": dict(cfg, depths=list(cfg["depths"]), learning_rates=LR,
-                     optimizers=list(OPTIMIZERS), data="sklearn load_digits,"
-                     " 75/25 stratified split (random_state=0), standardized",
-                     model="sigmoid MLP, Glorot-normal init, zero bias"),
-      "steps": steps_axis,
+                     optimizers=list(OPTIMIZERS), data=_common.DIGITS_CONVENTION,
+                     n_train=int(data.x_train.shape[0]),
+                     n_test=int(data.x_test.shape[0]),
+                     model="sigmoid MLP, Glorot-normal init, zero bias",
+                     machine=_common.machine_info()),
+      "steps": list(range(0, cfg["steps"] + 1, cfg["eval_every"])),
       "results": results,
-      "elapsed_s": elapsed,
+      "elapsed_s": time.time() - t0,
   }
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "bng_mlp_digits.json"), "w") as f:
-    json.dump(payload, f, indent=1)
-  table = markdown_table(payload)
-  with open(os.path.join(out_dir, "bng_mlp_digits.md"), "w") as f:
-    f.write(table)
-  plot(payload, os.path.join(out_dir, "bng_mlp_digits.png"))
-  return payload, table
 
 
 def _final(res, key):
-  v = np.asarray(res[key])[:, -1]
-  return v.mean(), v.std()
+  return _common.mean_std(np.asarray(res[key])[:, -1])
 
 
 def markdown_table(payload):
@@ -215,13 +141,12 @@ def markdown_table(payload):
       lines.append(
           f"| {depth} | {name} | {lr:g} | {trm:.3f} ± {trs:.3f} |"
           f" {tem:.3f} ± {tes:.3f} | {am:.3f} ± {ast:.3f} |")
+  lines += ["", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
   return "\n".join(lines) + "\n"
 
 
 def plot(payload, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   depths = list(payload["results"])
   steps = payload["steps"]
@@ -253,26 +178,22 @@ def plot(payload, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny run (seconds) for tests")
-  parser.add_argument("--out", default=None,
-                      help="output folder (default benchmarks/results; "
-                      "required with --quick)")
+  parser = _common.make_parser(__doc__)
   parser.add_argument("--steps", type=int, default=None)
   args = parser.parse_args(argv)
+  out = _common.output_dir(parser, args, "bng_mlp_digits",
+                           partial=bool(args.steps))
   cfg = dict(QUICK if args.quick else FULL)
   if args.steps:
     cfg["steps"] = args.steps
-  if args.quick and args.out is None:
-    parser.error("--quick needs --out (never overwrite the full results)")
-  out = args.out or os.path.join(os.path.dirname(__file__), "results")
-  payload, table = run(cfg, out)
+  payload = run(cfg, args.quiet)
+  table = markdown_table(payload)
+  _common.write_results(out, "bng_mlp_digits", payload, table,
+                        {"bng_mlp_digits.png": plot})
   print(table)
-  print(f"wrote {out}/bng_mlp_digits.{{json,md,png}} in "
-        f"{payload['elapsed_s']:.0f} s")
-  return 0
+  print(f"{payload['elapsed_s']:.0f} s")
+  return payload
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  main()

@@ -9,10 +9,12 @@ devices:
   ``NamedSharding(mesh, P("data"))`` and parameters replicated; the mean over
   the global batch (and so the block norms) is computed by XLA across shards.
 
-Both must print the same loss per epoch. Run from the repository root::
+Both must print the same loss per epoch. Data: the benchmarks' one digits
+split (stratified 80/20, standardized; ``_common.load_digits``); ``--seed``
+sets the initialization and the batch order. Run from the repository root::
 
   python benchmarks/flax_data_parallel.py          # full: results/ JSON, PNG, MD
-  python benchmarks/flax_data_parallel.py --quick --out /tmp/x   # seconds
+  python benchmarks/flax_data_parallel.py --quick  # seconds, into a temp folder
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ os.environ["XLA_FLAGS"] = (
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse
-import json
 import time
 
 import jax
@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+import _common
 import normopt
 
 N_DEV = 8
@@ -54,20 +55,6 @@ class CNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(64)(x))
     return nn.Dense(10)(x)
-
-
-def load_data(n_train=None, seed=0):
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-
-  x, y = load_digits(return_X_y=True)
-  x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-  x_tr, x_te, y_tr, y_te = train_test_split(
-      x, y.astype(np.int32), test_size=0.2, random_state=seed, stratify=y
-  )
-  if n_train is not None:
-    x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-  return x_tr, y_tr, x_te, y_te
 
 
 def loss_fn(params, x, y):
@@ -108,7 +95,8 @@ def accuracy(params, x, y):
 
 
 def train(args):
-  x_tr, y_tr, x_te, y_te = load_data(256 if args.quick else None, args.seed)
+  x_tr, y_tr, x_te, y_te = _common.load_digits(
+      images=True, n_train=256 if args.quick else None)[:4]
   epochs = 2 if args.quick else args.epochs
   bs = args.batch_size
   assert bs % N_DEV == 0
@@ -128,7 +116,7 @@ def train(args):
 
   rng = np.random.default_rng(args.seed)
   history = []
-  for epoch in tqdm(range(1, epochs + 1), desc="epochs"):
+  for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=args.quiet):
     batches = epoch_batches(rng, len(x_tr), bs)
     lp, lj, tp, tj = [], [], 0.0, 0.0
     # Interleave the two paths batch by batch on the same data.
@@ -175,22 +163,16 @@ def train(args):
           epochs=epochs, batch_size=bs, learning_rate=args.learning_rate, seed=args.seed,
           n_train=len(x_tr), n_test=len(x_te), devices=N_DEV, quick=args.quick,
           optimizer="normopt.adam_ng(blocks='layer')", jax=jax.__version__,
-          machine="shared 2-core CPU, 8 virtual XLA devices",
+          data=_common.DIGITS_CONVENTION,
+          machine=_common.machine_info(f", {N_DEV} virtual XLA devices"),
       ),
       history=history,
   )
 
 
-def write_outputs(result, out_dir):
-  import matplotlib
+def plot(result, path):
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  os.makedirs(out_dir, exist_ok=True)
-  name = "flax_data_parallel"
-  with open(os.path.join(out_dir, name + ".json"), "w") as f:
-    json.dump(result, f, indent=1)
   h = result["history"]
   ep = [r["epoch"] for r in h]
   fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -203,8 +185,12 @@ def write_outputs(result, out_dir):
   ax[1].set(xlabel="epoch", title="pmap vs sharded jit (0 drawn at 1e-12)")
   ax[1].legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, name + ".png"), dpi=100)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def markdown(result):
+  h = result["history"]
   c = result["config"]
   lines = [
       f"# Flax Linen CNN on digits, data parallel over {c['devices']} devices",
@@ -227,22 +213,25 @@ def write_outputs(result, out_dir):
       "",
       "Seconds include compilation in epoch 1; 8 virtual devices share 2 CPU cores, so",
       "they compare nothing about real accelerators.",
+      "",
+      f"Data: {c['data']}.",
   ]
-  with open(os.path.join(out_dir, name + ".md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="2 epochs on 256 images")
-  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser = _common.make_parser(__doc__, "2 epochs on 256 images")
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--learning-rate", type=float, default=3e-3)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  partial = any(getattr(args, k) != parser.get_default(k)
+                for k in ("epochs", "batch_size", "learning_rate", "seed"))
+  out = _common.output_dir(parser, args, "flax_data_parallel", partial=partial)
   result = train(args)
-  write_outputs(result, args.out)
+  _common.write_results(out, "flax_data_parallel", result, markdown(result),
+                        {"flax_data_parallel.png": plot})
   return result
 
 

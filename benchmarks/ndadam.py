@@ -10,8 +10,9 @@ of a layer, ``‖Δw‖/‖w‖``, is what matters; under SGD+L2 it is set indir
 by the weight norm, under ND-Adam directly by ``α_v``.
 
 This script trains a small residual CNN with BatchNorm on
-``sklearn.datasets.load_digits`` (8x8 grey images, fixed 80/20 stratified
-split, standardized pixels, no augmentation), for every combination of
+``sklearn.datasets.load_digits`` (8x8 grey images, the benchmarks' one
+split: stratified 80/20, standardized pixels, see ``_common.load_digits``;
+no augmentation), for every combination of
 
   * optimizer: ``sgdm`` (SGD momentum 0.9, L2 weight decay added to the
     gradient), ``adam`` (``optax.adam`` with the same coupled L2 decay),
@@ -32,16 +33,12 @@ conv layer over training (PNG, like the paper's Fig. 1b) to
 Run from the repository root::
 
   python benchmarks/ndadam.py                       # full run
-  python benchmarks/ndadam.py --quick --out /tmp/nd # seconds
+  python benchmarks/ndadam.py --quick               # seconds, into a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import os
-import sys
 import time
 
 import flax.linen as nn
@@ -50,9 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import normopt  # pylint: disable=wrong-import-position
-from normopt.flax_losses import BNSoftmax  # pylint: disable=wrong-import-position
+import _common
+import normopt
+from normopt.flax_losses import BNSoftmax
 
 OPTIMIZERS = ("sgdm", "adam", "ndadam")
 SOFTMAXES = ("plain", "logit_l2", "bn_softmax")
@@ -74,16 +71,9 @@ TRACKED = ("params", "block_0", "conv_2", "kernel")
 
 
 def load_data(quick):
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-  from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
-  x, y = load_digits(return_X_y=True)
-  x_tr, x_te, y_tr, y_te = train_test_split(
-      x, y, test_size=0.2, stratify=y, random_state=0)
-  if quick:
-    x_tr, y_tr, x_te, y_te = x_tr[:256], y_tr[:256], x_te[:128], y_te[:128]
-  mean, std = x_tr.mean(), x_tr.std()
-  prep = lambda a: jnp.asarray(((a - mean) / std).reshape(-1, 8, 8, 1), jnp.float32)
-  return prep(x_tr), jnp.asarray(y_tr), prep(x_te), jnp.asarray(y_te)
+  d = _common.load_digits(images=True, n_train=256 if quick else None,
+                          n_test=128 if quick else None)
+  return tuple(jnp.asarray(a) for a in d[:4])
 
 
 class Conv3x3(nn.Module):
@@ -243,7 +233,7 @@ def run(cfg, quick, quiet=False):
       config={k: v for k, v in cfg.items() if k != "configs"},
       hparams=HPARAMS, steps=total, tracked_layer="/".join(TRACKED),
       n_train=int(data[0].shape[0]), n_test=int(data[2].shape[0]),
-      device="shared 2-core CPU", jax=jax.__version__,
+      data=_common.DIGITS_CONVENTION, machine=_common.machine_info(),
       elapsed_s=time.time() - t0, results=results)
 
 
@@ -259,8 +249,8 @@ def table(payload):
       if r is None:
         cells.append("–")
         continue
-      e = 100 * np.asarray(r["test_err"])
-      cells.append(f"{e.mean():.2f} ± {e.std():.2f}")
+      m, sd = _common.mean_std(100 * np.asarray(r["test_err"]))
+      cells.append(f"{m:.2f} ± {sd:.2f}")
     if any(c != "–" for c in cells):
       lines.append(f"| {LABELS[o]} | " + " | ".join(cells) + " |")
   lines += ["", "Paper (Table 1, WRN on CIFAR-10/100): Adam's test error is worse than "
@@ -279,14 +269,13 @@ def table(payload):
       f"Mean ± std over {c['seeds']} seeds; {payload['n_train']} train / "
       f"{payload['n_test']} test digits; residual CNN width {c['width']}, "
       f"{c['blocks']} blocks, {c['epochs']} epochs of batch {c['batch']} "
-      f"({payload['steps']} steps); {payload['device']}, "
-      f"{payload['elapsed_s']:.0f} s.")
+      f"({payload['steps']} steps); {payload['elapsed_s']:.0f} s on "
+      f"{payload['machine']}.")
+  lines += ["", f"Data: {payload['data']}."]
   return "\n".join(lines) + "\n"
 
 
 def plot(payload, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   res = payload["results"]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -318,28 +307,16 @@ def plot(payload, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="a few seconds, tiny model")
-  parser.add_argument("--out", default=None,
-                      help="output folder (default benchmarks/results; --quick needs it)")
-  parser.add_argument("--quiet", action="store_true")
+  parser = _common.make_parser(__doc__, "a few seconds, tiny model")
   args = parser.parse_args(argv)
-  out = args.out
-  if out is None:
-    if args.quick:
-      parser.error("--quick writes to a temporary folder: pass --out")
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-  os.makedirs(out, exist_ok=True)
+  out = _common.output_dir(parser, args, "ndadam")
   payload = run(QUICK if args.quick else FULL, args.quick, args.quiet)
   payload["quick"] = args.quick
-  with open(os.path.join(out, "ndadam.json"), "w") as f:
-    json.dump(payload, f, indent=1)
   md = table(payload)
-  with open(os.path.join(out, "ndadam.md"), "w") as f:
-    f.write("# ND-Adam on digits: test error\n\n" + md)
-  plot(payload, os.path.join(out, "ndadam_efflr.png"))
+  _common.write_results(out, "ndadam", payload,
+                        "# ND-Adam on digits: test error\n\n" + md,
+                        {"ndadam_efflr.png": plot})
   print(md)
-  print(f"wrote {out}/ndadam.{{json,md}}, ndadam_efflr.png")
   return payload
 
 

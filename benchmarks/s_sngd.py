@@ -8,8 +8,9 @@ large α and lowers it by stages, and beats SNGD in training loss and test
 accuracy.
 
 This script trains an MLP and a small CNN on ``sklearn.datasets.load_digits``
-(75/25 stratified split, standardized inputs) at one large batch (256 of
-the 1347 training images), several seeds (vmapped), minimizing cross-entropy
+(the benchmarks' one split: stratified 80/20, standardized; see
+``_common.load_digits``) at one large batch (256 of the 1437 training
+images), several seeds (vmapped), minimizing cross-entropy
 plus an L2 penalty ``1e-3/2 ||W||²`` on the kernels (the "training loss"
 below is this objective), with
 
@@ -31,23 +32,22 @@ and a markdown table to ``benchmarks/results/``.
 Run from the repository root::
 
   python benchmarks/s_sngd.py            # full run
-  python benchmarks/s_sngd.py --quick --out /tmp/s_sngd   # seconds
+  python benchmarks/s_sngd.py --quick    # seconds, into a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import functools
 import math
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
+import _common
 import normopt
 
 FULL = dict(models=("mlp", "cnn"), steps=1000, eval_every=50, seeds=3,
@@ -94,20 +94,6 @@ def methods(steps):
   return opts
 
 
-def load_data():
-  """Digits, 75/25 stratified split, inputs standardized on the train set."""
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-  from sklearn.preprocessing import StandardScaler
-
-  x, y = load_digits(return_X_y=True)
-  xtr, xte, ytr, yte = train_test_split(
-      x, y, test_size=0.25, stratify=y, random_state=0)
-  scaler = StandardScaler().fit(xtr)
-  f32 = lambda a: jnp.asarray(scaler.transform(a), jnp.float32)
-  return f32(xtr), jnp.asarray(ytr), f32(xte), jnp.asarray(yte)
-
-
 def _dense(rng, n_in, n_out):
   std = math.sqrt(2.0 / n_in)  # He-normal for ReLU
   return {"kernel": (std * rng.standard_normal((n_in, n_out))).astype(
@@ -148,75 +134,30 @@ def apply_model(kind, params, x):
   return x @ params["dense_2"]["kernel"] + params["dense_2"]["bias"]
 
 
-def make_run(kind, tx, data, steps, eval_every, batch):
-  """jit(vmap over seeds) of one training run; returns the curves."""
-  xtr, ytr, xte, yte = data
-  n = xtr.shape[0]
-  n_evals = steps // eval_every
-  n_epochs = math.ceil(steps * batch / n)
-
-  def metrics(params, x, y):
-    """Objective (cross-entropy + L2 on kernels) and accuracy."""
-    logits = apply_model(kind, params, x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    l2 = sum(jnp.sum(p["kernel"] ** 2) for p in params.values())
-    return loss + 0.5 * WEIGHT_DECAY * l2, jnp.mean(jnp.argmax(logits, -1) == y)
-
-  def evaluate(params):
-    return jnp.stack([*metrics(params, xtr, ytr), *metrics(params, xte, yte)])
-
-  def one_seed(params, idx):
-    def step(carry, b):
-      params, state = carry
-      grads = jax.grad(lambda p: metrics(p, xtr[b], ytr[b])[0])(params)
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    def chunk(carry, idx_chunk):
-      carry, _ = jax.lax.scan(step, carry, idx_chunk)
-      return carry, evaluate(carry[0])
-
-    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
-    return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
-
-  train = jax.jit(jax.vmap(one_seed))
-
-  def run_seeds(seeds):
-    # Initial parameters and batch order come from NumPy, outside the jitted
-    # function: random permutations inside jit dominate compile time on CPU.
-    inits, orders = [], []
-    for seed in seeds:
-      rng = np.random.default_rng(seed)
-      inits.append(init_model(kind, rng))
-      order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
-      orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
-    params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-    return train(params, jnp.asarray(np.stack(orders), jnp.int32))
-
-  return run_seeds
+def metrics(kind, params, x, y):
+  """Objective (cross-entropy + L2 on kernels) and accuracy."""
+  logits = apply_model(kind, params, x)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  l2 = sum(jnp.sum(p["kernel"] ** 2) for p in params.values())
+  return loss + 0.5 * WEIGHT_DECAY * l2, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def run(cfg, out_dir, quiet=False):
-  from tqdm import tqdm
-
-  data = load_data()
+def run(cfg, quiet=False):
+  data = _common.load_digits()
   seeds = list(range(cfg["seeds"]))
   opts = methods(cfg["steps"])
   jobs = [(m, name) for m in cfg["models"] for name in opts]
   results = {}
   t0 = time.time()
   for kind, name in tqdm(jobs, desc="s_sngd", disable=quiet):
-    fn = make_run(kind, opts[name], data, cfg["steps"], cfg["eval_every"],
-                  cfg["batch"])
-    curves = np.asarray(fn(seeds), np.float64)  # (seeds, evals, 4)
-    results.setdefault(kind, {})[name] = {
-        "train_loss": curves[:, :, 0].tolist(),
-        "train_acc": curves[:, :, 1].tolist(),
-        "test_loss": curves[:, :, 2].tolist(),
-        "test_acc": curves[:, :, 3].tolist(),
-    }
+    fn = _common.make_vmapped_run(
+        opts[name], functools.partial(init_model, kind),
+        lambda p, x, y, kind=kind: metrics(kind, p, x, y)[0],
+        functools.partial(metrics, kind), data, cfg["steps"],
+        cfg["eval_every"], cfg["batch"])
+    results.setdefault(kind, {})[name] = _common.curves_dict(fn(seeds))
   stage_length = cfg["steps"] / sum(1.0 / a for a in STAGE_RATES)
-  payload = {
+  return {
       "benchmark": "s_sngd",
       "config": dict(
           cfg, models=list(cfg["models"]), alpha_small=ALPHA_SMALL,
@@ -226,26 +167,18 @@ def run(cfg, out_dir, quiet=False):
           stage_boundaries=normopt.schedules.stage_boundaries(
               STAGE_RATES, stage_length),
           multistep_boundaries=[cfg["steps"] // 2, (3 * cfg["steps"]) // 4],
-          methods=list(opts),
-          data="sklearn load_digits, 75/25 stratified split (random_state=0),"
-          " standardized"),
+          methods=list(opts), data=_common.DIGITS_CONVENTION,
+          n_train=int(data.x_train.shape[0]), n_test=int(data.x_test.shape[0]),
+          machine=_common.machine_info()),
       "steps": list(range(0, cfg["steps"] + 1, cfg["eval_every"])),
       "results": results,
       "elapsed_s": time.time() - t0,
   }
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "s_sngd.json"), "w") as f:
-    json.dump(payload, f, indent=1)
-  table = markdown_table(payload)
-  with open(os.path.join(out_dir, "s_sngd.md"), "w") as f:
-    f.write(table)
-  plot(payload, os.path.join(out_dir, "s_sngd.png"))
-  return payload, table
 
 
 def _final(res, key):
-  v = np.asarray(res[key])[:, -1]
-  return f"{v.mean():.4f} ± {v.std():.4f}"
+  m, s = _common.mean_std(np.asarray(res[key])[:, -1])
+  return f"{m:.4f} ± {s:.4f}"
 
 
 def markdown_table(payload):
@@ -265,13 +198,12 @@ def markdown_table(payload):
       lines.append(
           f"| {kind} | {name} | {_final(res, 'train_loss')} |"
           f" {_final(res, 'test_acc')} | {best.mean():.4f} |")
+  lines += ["", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
   return "\n".join(lines) + "\n"
 
 
 def plot(payload, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   kinds = list(payload["results"])
   steps = payload["steps"]
@@ -297,22 +229,16 @@ def plot(payload, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny run (seconds) for tests")
-  parser.add_argument("--out", default=None,
-                      help="output folder (default benchmarks/results; "
-                      "required with --quick)")
+  parser = _common.make_parser(__doc__)
   args = parser.parse_args(argv)
-  cfg = dict(QUICK if args.quick else FULL)
-  if args.quick and args.out is None:
-    parser.error("--quick needs --out (never overwrite the full results)")
-  out = args.out or os.path.join(os.path.dirname(__file__), "results")
-  payload, table = run(cfg, out)
+  out = _common.output_dir(parser, args, "s_sngd")
+  payload = run(dict(QUICK if args.quick else FULL), args.quiet)
+  table = markdown_table(payload)
+  _common.write_results(out, "s_sngd", payload, table, {"s_sngd.png": plot})
   print(table)
-  print(f"wrote {out}/s_sngd.{{json,md,png}} in {payload['elapsed_s']:.0f} s")
-  return 0
+  print(f"{payload['elapsed_s']:.0f} s")
+  return payload
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  main()

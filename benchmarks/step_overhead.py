@@ -16,7 +16,7 @@ Optimizers that other modules have not added yet are skipped (``hasattr``).
 Usage (from the repository root)::
 
   python benchmarks/step_overhead.py            # full: ~10 min on 2 cores
-  python benchmarks/step_overhead.py --quick --out /tmp/so
+  python benchmarks/step_overhead.py --quick   # into a temp folder
 
 The full run writes ``benchmarks/results/step_overhead.json`` and
 ``benchmarks/results/step_overhead.md``.
@@ -24,7 +24,6 @@ The full run writes ``benchmarks/results/step_overhead.json`` and
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import json
@@ -42,10 +41,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import _common
 import normopt
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_RESULTS = os.path.join(_HERE, "results")
 
 
 # ----------------------------------------------------------------------------
@@ -606,20 +603,12 @@ def plot(data, path):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true",
-                  help="tiny trees, few repetitions (seconds)")
-  ap.add_argument("--out", default=None,
-                  help="output directory (default benchmarks/results; "
-                       "required with --quick)")
+  ap = _common.make_parser(__doc__, "tiny trees, few repetitions (seconds)")
   ap.add_argument("--only", nargs="*", help="optimizer names to run")
   ap.add_argument("--trees", nargs="*", help="tree names to run")
   args = ap.parse_args(argv)
-  out = args.out
-  if out is None:
-    if args.quick or args.only or args.trees:
-      ap.error("--quick/--only/--trees write partial results: pass --out")
-    out = _RESULTS
+  out = _common.output_dir(ap, args, "step_overhead",
+                           partial=bool(args.only or args.trees))
   os.makedirs(out, exist_ok=True)
 
   def write(data, final=False):

@@ -1,29 +1,15 @@
 """Quick run of benchmarks/adanorm_cnn.py into a temporary directory."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      name, ROOT / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # Flax dataclasses look their module up here.
-  spec.loader.exec_module(module)
-  return module
-
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(tmp_path_factory, load_bench):
   out = tmp_path_factory.mktemp("adanorm_cnn")
-  _load("adanorm_cnn").main(["--quick", "--out", str(out)])
+  load_bench("adanorm_cnn").main(["--quick", "--quiet", "--out", str(out)])
   with open(out / "adanorm_cnn.json") as f:
     return out, json.load(f)
 

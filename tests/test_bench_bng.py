@@ -5,41 +5,27 @@ tests check the JSON it wrote. The LSTM model is also checked against a
 float64 NumPy reference written from the LSTM equations.
 """
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      name, ROOT / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # Flax dataclasses look their module up here.
-  spec.loader.exec_module(module)
-  return module
-
 
 @pytest.fixture(scope="module")
-def cnn_result(tmp_path_factory):
+def cnn_result(tmp_path_factory, load_bench):
   out = tmp_path_factory.mktemp("bng_cnn")
-  _load("bng_cnn").main(["--quick", "--out", str(out)])
+  load_bench("bng_cnn").main(["--quick", "--quiet", "--out", str(out)])
   with open(out / "bng_cnn.json") as f:
     return out, json.load(f)
 
 
 @pytest.fixture(scope="module")
-def lstm_result(tmp_path_factory):
+def lstm_result(tmp_path_factory, load_bench):
   out = tmp_path_factory.mktemp("bng_lstm")
-  _load("bng_lstm").main(["--quick", "--out", str(out)])
+  load_bench("bng_lstm").main(["--quick", "--quiet", "--out", str(out)])
   with open(out / "bng_lstm.json") as f:
     return out, json.load(f)
 
@@ -119,8 +105,8 @@ def _np_lstm_loss(params, seq):
   return -np.take_along_axis(logp, targets[..., None], -1).mean()
 
 
-def test_lstm_model_matches_numpy_reference():
-  bench = _load("bng_lstm")
+def test_lstm_model_matches_numpy_reference(load_bench):
+  bench = load_bench("bng_lstm")
   rng = np.random.default_rng(0)
   vocab, embed, hidden = 7, 3, 5
   params = bench.init_params(jax.random.PRNGKey(1), vocab, embed, hidden)
@@ -134,8 +120,8 @@ def test_lstm_model_matches_numpy_reference():
       np.float64(got), _np_lstm_loss(params, seq), rtol=1e-5)
 
 
-def test_lstm_text_split():
-  bench = _load("bng_lstm")
+def test_lstm_text_split(load_bench):
+  bench = load_bench("bng_lstm")
   train, val, vocab = bench.load_text()
   assert len(vocab) == len(set(vocab)) > 50
   assert 8 * len(val) < len(train) < 10 * len(val)

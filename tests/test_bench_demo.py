@@ -1,6 +1,5 @@
 """The README demo (benchmarks/bng_mlp_digits.py): quick run and its JSON."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -9,21 +8,14 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bng_mlp_digits.py"
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("bng_mlp_digits", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  mod = _load()
+def quick(tmp_path_factory, load_bench):
+  mod = load_bench("bng_mlp_digits")
   out = tmp_path_factory.mktemp("demo")
-  assert mod.main(["--quick", "--out", str(out)]) == 0
+  payload = mod.main(["--quick", "--quiet", "--out", str(out)])
+  assert payload["config"]["steps"] == mod.QUICK["steps"]
   with open(out / "bng_mlp_digits.json") as f:
     return mod, out, json.load(f)
 

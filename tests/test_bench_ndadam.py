@@ -1,30 +1,16 @@
 """benchmarks/ndadam.py: quick run, its JSON/table/plot, and the model's conv."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "ndadam.py"
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("ndadam_bench", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod  # flax modules are dataclasses: need it there
-  spec.loader.exec_module(mod)
-  return mod
-
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  mod = _load()
+def quick(tmp_path_factory, load_bench):
+  mod = load_bench("ndadam")
   out = tmp_path_factory.mktemp("ndadam")
   mod.main(["--quick", "--out", str(out), "--quiet"])
   with open(out / "ndadam.json") as f:
@@ -51,10 +37,11 @@ def test_quick_writes_json_table_and_plot(quick):
   assert (out / "ndadam_efflr.png").stat().st_size > 1000
 
 
-def test_quick_needs_out(quick):
+def test_quick_never_writes_into_the_committed_results(quick):
   mod = quick[0]
-  with pytest.raises(SystemExit):
-    mod.main(["--quick"])
+  results = mod._common.RESULTS_DIR  # pylint: disable=protected-access
+  with pytest.raises(SystemExit):  # refused before anything runs
+    mod.main(["--quick", "--out", str(results)])
 
 
 def test_conv3x3_equals_flax_conv(quick):

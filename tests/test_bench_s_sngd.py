@@ -1,6 +1,5 @@
 """benchmarks/s_sngd.py: quick run, schedules as configured, and its JSON."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -9,21 +8,13 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "s_sngd.py"
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("s_sngd_bench", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  mod = _load()
+def quick(tmp_path_factory, load_bench):
+  mod = load_bench("s_sngd")
   out = tmp_path_factory.mktemp("s_sngd")
-  assert mod.main(["--quick", "--out", str(out)]) == 0
+  mod.main(["--quick", "--quiet", "--out", str(out)])
   with open(out / "s_sngd.json") as f:
     return mod, out, json.load(f)
 
@@ -55,8 +46,8 @@ def test_quick_runs_train_from_a_shared_start(quick):
       assert np.all(loss[:, -1] < 0.5 * loss[:, 0])
 
 
-def test_schedules_follow_the_configuration():
-  mod = _load()
+def test_schedules_follow_the_configuration(load_bench):
+  mod = load_bench("s_sngd")
   steps = 600
   sched = mod.schedules(steps)
   rates = mod.STAGE_RATES
@@ -78,11 +69,11 @@ def test_schedules_follow_the_configuration():
   assert float(sched["SNGD small"](123)) == pytest.approx(mod.ALPHA_SMALL)
 
 
-def test_sngd_methods_take_steps_of_the_scheduled_length():
+def test_sngd_methods_take_steps_of_the_scheduled_length(load_bench):
   import jax.numpy as jnp
   import optax
 
-  mod = _load()
+  mod = load_bench("s_sngd")
   g = {"a": {"w": jnp.full((3, 2), 5.0)}, "b": {"w": jnp.full((4,), -2.0)}}
   for name, tx in mod.methods(100).items():
     u, _ = tx.update(g, tx.init(g))
@@ -92,11 +83,11 @@ def test_sngd_methods_take_steps_of_the_scheduled_length():
     assert float(optax.tree.norm(u)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_committed_full_results_are_consistent():
+def test_committed_full_results_are_consistent(load_bench):
   path = ROOT / "benchmarks" / "results" / "s_sngd.json"
   if not path.exists():
     pytest.skip("full results not committed yet")
-  mod = _load()
+  mod = load_bench("s_sngd")
   payload = json.loads(path.read_text())
   cfg = payload["config"]
   assert cfg["models"] == ["mlp", "cnn"]

@@ -1,0 +1,389 @@
+"""What every benchmark shares: data, training loops, statistics, output and CLI.
+
+The scripts in ``benchmarks/`` hold only their experiment (models, optimizers,
+claims, tables, plots); this module holds, once:
+
+* :func:`load_digits`: scikit-learn's digits with ONE split convention
+  (:data:`DIGITS_CONVENTION`);
+* :func:`train_flax`: the epoch loop of a Flax Linen model with BatchNorm
+  (one ``jit`` per epoch, minibatch steps in a ``lax.scan``), seeds one after
+  another;
+* :func:`make_vmapped_run`: a whole training run of a plain-JAX model in one
+  ``jit``, seeds ``vmap``-ed, curves evaluated every ``eval_every`` steps;
+* :func:`mean_std`, :func:`diff_se`, :func:`verdict`: one convention for
+  "mean ± std over seeds" (sample std, ``ddof=1``) and for claim verdicts;
+* :func:`machine_info`, :func:`write_results`: where and how a run ran, and
+  its JSON + markdown (+ figures);
+* :func:`make_parser`, :func:`output_dir`: the CLI, with ONE ``--quick``
+  policy: a quick (or otherwise partial) run never writes into
+  ``benchmarks/results/``; it writes to ``--out`` or, without it, to a fresh
+  temporary folder. Only a full run with the committed configuration writes
+  there (its default).
+
+Scripts import it as ``_common`` (``python benchmarks/x.py`` puts
+``benchmarks/`` on ``sys.path``; the tests' ``load_bench`` fixture does too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+# ---------------------------------------------------------------------------
+# Data
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SEED = 0
+DIGITS_CONVENTION = (
+    "sklearn load_digits (1,797 8x8 images), stratified 80/20 train/test split "
+    "(random_state=0: 1,437 / 360 images); pixels /16, then standardized with one "
+    "mean and std of the training pixels")
+
+
+class Digits(NamedTuple):
+  """Standardized digits: float32 inputs, int32 labels (NumPy arrays).
+
+  ``x_*`` are ``(n, 8, 8, 1)`` images (NHWC) or ``(n, 64)`` vectors; the
+  validation arrays are ``None`` unless a validation split was asked for.
+  """
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
+
+
+def load_digits(images: bool = False, val_fraction: float = 0.0,
+                n_train: int | None = None, n_test: int | None = None) -> Digits:
+  """scikit-learn's digits in the one split convention of the benchmarks.
+
+  The convention (:data:`DIGITS_CONVENTION`): a stratified 80/20 train/test
+  split with ``random_state=0`` (1,437 train / 360 test images; the test set
+  never changes), pixel values divided by 16, then standardized by ONE
+  scalar mean and standard deviation of the training pixels (so images keep
+  their spatial structure and the same numbers serve MLPs and CNNs).
+
+  Args:
+    images: ``(n, 8, 8, 1)`` images if True, else ``(n, 64)`` vectors (the
+      same numbers).
+    val_fraction: if > 0, a stratified validation split of this fraction of
+      the training images (``random_state=0``) is carved from the training
+      set before the standardization statistics are taken (for tuning; the
+      test set stays the same 360 images).
+    n_train, n_test: keep only the first ``n`` training / test images (quick
+      runs), after standardization.
+
+  Returns:
+    A :class:`Digits`.
+  """
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+
+  digits = datasets.load_digits()
+  x = (digits.images / 16.0).astype(np.float32)[..., None]
+  y = digits.target.astype(np.int32)
+  x_tr, x_te, y_tr, y_te = train_test_split(
+      x, y, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=y)
+  x_val = y_val = None
+  if val_fraction > 0:
+    x_tr, x_val, y_tr, y_val = train_test_split(
+        x_tr, y_tr, test_size=val_fraction, random_state=DIGITS_SEED,
+        stratify=y_tr)
+  mean, std = x_tr.mean(), x_tr.std()
+  shape = (-1, 8, 8, 1) if images else (-1, 64)
+  prep = lambda a, n=None: None if a is None else ((a - mean) / std)[:n].reshape(shape)
+  return Digits(prep(x_tr, n_train), y_tr[:n_train], prep(x_te, n_test),
+                y_te[:n_test], prep(x_val), y_val)
+
+
+# ---------------------------------------------------------------------------
+# Training loops
+
+def _loss_only(loss, grads, opt_state):
+  del grads, opt_state
+  return loss
+
+
+def accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_flax_epoch(model, tx, data: Digits, batch_size: int,
+                    step_metrics: Callable = _loss_only,
+                    evaluate: Callable = accuracy):
+  """Jitted ``epoch(state) -> (state, per_step, evaluation)`` of a BatchNorm model.
+
+  ``state = (params, batch_stats, opt_state, key)``. One epoch: a fresh
+  permutation of the training set (from ``key``), ``n // batch_size`` steps
+  of softmax cross-entropy in a ``lax.scan`` (BatchNorm in training mode),
+  then ``evaluate(test logits, test labels)`` with the running statistics.
+  ``per_step`` stacks ``step_metrics(loss, grads, new opt_state)`` over the
+  steps.
+  """
+  x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+  n = x_tr.shape[0]
+  steps = n // batch_size
+
+  def loss_fn(params, stats, x, y):
+    logits, new = model.apply(
+        {"params": params, "batch_stats": stats}, x, train=True,
+        mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, new["batch_stats"]
+
+  @jax.jit
+  def epoch(state):
+    params, stats, opt_state, key = state
+    key, k_perm = jax.random.split(key)
+    perm = jax.random.permutation(k_perm, n)[: steps * batch_size]
+    perm = perm.reshape(steps, batch_size)
+
+    def step(carry, idx):
+      params, stats, opt_state = carry
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, stats, x_tr[idx], y_tr[idx])
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, stats, opt_state), step_metrics(loss, grads, opt_state)
+
+    (params, stats, opt_state), per_step = jax.lax.scan(
+        step, (params, stats, opt_state), perm)
+    logits = model.apply(
+        {"params": params, "batch_stats": stats}, x_te, train=False)
+    return (params, stats, opt_state, key), per_step, evaluate(logits, y_te)
+
+  return epoch
+
+
+def make_flax_init(model, x_example):
+  """Jitted ``init(seed) -> (params, batch_stats, data_key)``."""
+
+  @jax.jit
+  def init(seed):
+    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
+    variables = model.init(k_init, x_example, train=False)
+    return variables["params"], variables["batch_stats"], k_data
+
+  return init
+
+
+class FlaxRun(NamedTuple):
+  per_epoch: Any  # step_metrics means over each epoch's steps, (seeds, epochs, ...)
+  per_step: Any   # step_metrics, (seeds, epochs * steps_per_epoch, ...)
+  evaluation: Any  # evaluate after each epoch, (seeds, epochs, ...)
+  seconds: float  # all seeds, with compilation
+
+
+def train_flax(model, tx, data: Digits, batch_size: int, epochs: int,
+               seeds: Sequence[int], step_metrics: Callable = _loss_only,
+               evaluate: Callable = accuracy, init=None, bar=None) -> FlaxRun:
+  """Trains ``model`` with ``tx`` for ``epochs`` epochs per seed (seeds in turn).
+
+  The seed sets the weight initialization and the minibatch order; each
+  epoch is one call of :func:`make_flax_epoch`'s jitted function. ``init``
+  (from :func:`make_flax_init`) may be shared between calls to compile it
+  once; ``bar`` (a tqdm bar) is advanced once per epoch. Returns NumPy
+  pytrees stacked over seeds.
+  """
+  init = init or make_flax_init(model, jnp.asarray(data.x_train[:2]))
+  epoch = make_flax_epoch(model, tx, data, batch_size, step_metrics, evaluate)
+  means = jax.jit(lambda t: jax.tree.map(jnp.mean, t))
+  t0 = time.perf_counter()
+  runs = []
+  for seed in seeds:
+    params, stats, key = init(seed)
+    state = (params, stats, tx.init(params), key)
+    per_epoch, per_step, evaluation = [], [], []
+    for _ in range(epochs):
+      state, steps_out, ev = epoch(state)
+      per_epoch.append(means(steps_out))
+      per_step.append(steps_out)
+      evaluation.append(ev)
+      if bar is not None:
+        bar.update()
+    runs.append((per_epoch, per_step, evaluation))
+  stack = lambda xs: jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *xs)
+  cat = lambda xs: jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *xs)
+  return FlaxRun(per_epoch=stack([stack(r[0]) for r in runs]),
+                 per_step=stack([cat(r[1]) for r in runs]),
+                 evaluation=stack([stack(r[2]) for r in runs]),
+                 seconds=time.perf_counter() - t0)
+
+
+CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
+                     metrics_fn: Callable, data: Digits, steps: int,
+                     eval_every: int, batch: int):
+  """``run(seeds) -> curves``: one training run per seed, all in one jit(vmap).
+
+  ``init_params(numpy Generator) -> params``; ``loss_fn(params, x, y)`` is
+  differentiated; ``metrics_fn(params, x, y) -> (loss, accuracy)`` is
+  evaluated on the whole train and test sets before training and every
+  ``eval_every`` steps. Initial parameters and batch order (a fresh
+  permutation per epoch) come from ``np.random.default_rng(seed)``, outside
+  the jitted function: random permutations inside jit dominate compile time
+  on CPU. Every step is inside one ``lax.scan``: one compile per call of
+  this function. ``curves`` has shape ``(seeds, steps // eval_every + 1, 4)``
+  in the order of :data:`CURVES`.
+  """
+  xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+  n = xtr.shape[0]
+  n_evals = steps // eval_every
+  n_epochs = math.ceil(steps * batch / n)
+
+  def evaluate(params):
+    return jnp.stack([*metrics_fn(params, xtr, ytr), *metrics_fn(params, xte, yte)])
+
+  def one_seed(params, idx):
+    def step(carry, b):
+      params, state = carry
+      grads = jax.grad(loss_fn)(params, xtr[b], ytr[b])
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    def chunk(carry, idx_chunk):
+      carry, _ = jax.lax.scan(step, carry, idx_chunk)
+      return carry, evaluate(carry[0])
+
+    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
+    return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
+
+  train = jax.jit(jax.vmap(one_seed))
+
+  def run_seeds(seeds):
+    inits, orders = [], []
+    for seed in seeds:
+      rng = np.random.default_rng(seed)
+      inits.append(init_params(rng))
+      order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
+      orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
+    params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
+    return np.asarray(train(params, jnp.asarray(np.stack(orders), jnp.int32)),
+                      np.float64)
+
+  return run_seeds
+
+
+def curves_dict(curves):
+  """``(seeds, evals, 4)`` curves -> ``{name: nested list (seeds, evals)}``."""
+  return {k: curves[:, :, i].tolist() for i, k in enumerate(CURVES)}
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+
+def mean_std(a, axis=None):
+  """Mean and sample standard deviation (``ddof=1``; 0 for a single value).
+
+  The one convention of every "mean ± std over seeds" the benchmarks print.
+  """
+  a = np.asarray(a, np.float64)
+  n = a.size if axis is None else a.shape[axis]
+  std = a.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(a.mean(axis=axis))
+  if axis is None:
+    return float(a.mean()), float(std)
+  return a.mean(axis=axis), std
+
+
+def diff_se(a, b):
+  """``mean(a) - mean(b)`` and the standard error of that difference (ddof=1)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  diff = float(a.mean() - b.mean())
+  se = (float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+        if a.size > 1 and b.size > 1 else 0.0)
+  return diff, se
+
+
+def verdict(diff, noise, lower_is_better=True):
+  """"holds" when ``diff`` beats ``noise`` in the claimed direction, "does not
+  hold" when it beats it in the other, else "within noise"."""
+  d = -diff if lower_is_better else diff
+  noise = max(noise, 1e-12)
+  return "holds" if d > noise else "does not hold" if d < -noise else "within noise"
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+def machine_info(extra: str = "") -> str:
+  """One line: CPU, core count, load at the start, jax and its backend."""
+  dev = jax.devices()[0]
+  backend = jax.default_backend()
+  kind = "" if backend == "cpu" else f" {dev.device_kind} x{jax.device_count()}"
+  try:
+    load = f", load {os.getloadavg()[0]:.1f} at start"
+  except OSError:
+    load = ""
+  return (f"{platform.machine()} CPU x{os.cpu_count()}{load} "
+          f"(jax {jax.__version__}, {backend}{kind}){extra}")
+
+
+def write_results(out_dir, name: str, payload: dict, markdown: str,
+                  figures: dict[str, Callable] | None = None) -> list[pathlib.Path]:
+  """Writes ``name.json`` and ``name.md`` and each ``figures[file](payload, path)``."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = [out / f"{name}.json", out / f"{name}.md"]
+  paths[0].write_text(json.dumps(payload, indent=1))
+  paths[1].write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+  for filename, draw in (figures or {}).items():
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    draw(payload, out / filename)
+    paths.append(out / filename)
+  print(f"wrote {', '.join(p.name for p in paths)} to {out}")
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+def make_parser(doc: str, quick_help: str = "a tiny run (seconds), for tests"):
+  """An ``ArgumentParser`` with the shared ``--quick``, ``--out`` and ``--quiet``."""
+  parser = argparse.ArgumentParser(
+      description=doc.strip().splitlines()[0],
+      epilog="Quick or partial runs never write into benchmarks/results/: they "
+      "write to --out, or to a fresh temporary folder without it.")
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument(
+      "--out", default=None,
+      help="output folder (full run: default benchmarks/results; quick or "
+      "partial run: default a new temporary folder, never benchmarks/results)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  return parser
+
+
+def output_dir(parser, args, name: str, partial: bool = False) -> pathlib.Path:
+  """Where this run writes, by the one policy (see the module docstring).
+
+  ``partial``: the run departs from the committed full configuration (fewer
+  methods, epochs, ...) and so, like ``--quick``, must not replace the
+  committed results.
+  """
+  if not (args.quick or partial):
+    return pathlib.Path(args.out) if args.out else RESULTS_DIR
+  if args.out is None:
+    return pathlib.Path(tempfile.mkdtemp(prefix=f"{name}_quick_"))
+  out = pathlib.Path(args.out).resolve()
+  if out == RESULTS_DIR or RESULTS_DIR in out.parents:
+    parser.error("a --quick or partial run never writes into benchmarks/results/")
+  return out
