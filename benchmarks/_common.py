@@ -27,6 +27,7 @@ Scripts import it as ``_common`` (``python benchmarks/x.py`` puts
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import pathlib
 import platform
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -197,7 +197,7 @@ def markdown(result):
       "",
       f"`{c['optimizer']}`, lr {c['learning_rate']}, global batch {c['batch_size']}, "
       f"{c['n_train']} train / {c['n_test']} test images, seed {c['seed']}; "
-      f"{c['machine']}; jax {c['jax']}.",
+      f"{c['machine']}.",
       "",
       "| epoch | loss pmap | loss sharded jit | max abs loss diff | max abs param diff "
       "| test acc pmap | test acc jit | s pmap | s jit |",

@@ -89,4 +89,5 @@ def test_write_results_writes_json_markdown_and_figures(common, tmp_path):
   assert [p.name for p in paths] == ["b.json", "b.md", "b.png"]
   assert (tmp_path / "b.md").read_text() == "| x |\n"
   assert drawn == [({"a": [1, 2.5]}, tmp_path / "b.png")]
-  assert "CPU x" in common.machine_info() and common.machine_info(", 8 devices").endswith("8 devices")
+  assert "CPU x" in common.machine_info()
+  assert common.machine_info(", 8 devices").endswith("8 devices")
