@@ -52,7 +52,7 @@ def test_quick_pairs_share_init_and_ng_trains(quick):
       assert np.all(loss[:, -1] < loss[:, 0])
 
 
-def test_committed_full_results_are_consistent():
+def test_committed_full_results_are_consistent(load_bench):
   path = ROOT / "benchmarks" / "results" / "bng_mlp_digits.json"
   if not path.exists():
     pytest.skip("full results not committed yet")
@@ -60,6 +60,9 @@ def test_committed_full_results_are_consistent():
   cfg = payload["config"]
   assert cfg["depths"] == [6, 12, 18] and cfg["batch"] == 100
   assert cfg["width"] == 100
+  # Produced on the benchmarks' one digits split, by a full (not quick) run.
+  assert cfg["data"] == load_bench("_common").DIGITS_CONVENTION
+  assert (cfg["n_train"], cfg["n_test"]) == (1437, 360)
   n_points = cfg["steps"] // cfg["eval_every"] + 1
   for depth in ("6", "12", "18"):
     for res in payload["results"][depth].values():
