@@ -33,3 +33,51 @@ def where_pos(x: jax.Array, fn: Any) -> jax.Array:
   """``fn(x)`` where ``x > 0``, else 0 (no NaN from the other branch)."""
   pos = x > 0
   return jnp.where(pos, fn(jnp.where(pos, x, 1)), 0)
+
+
+def canonical_dtype(dtype: Any) -> Any:
+  """``None`` or the canonical JAX dtype of ``dtype`` (for ``mu_dtype``)."""
+  return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+
+
+def bias_corrections(
+    b1: Any, b2: Any, count: jax.Array, dtype: Any = jnp.float32
+) -> tuple[jax.Array, ...]:
+  """``(β1, β2, 1 - β1^t, 1 - β2^t)`` in ``dtype`` for step ``t = count`` (int).
+
+  Hyperparameters become arrays of ``dtype`` first, so that ``1 - b2`` is the
+  same number whether ``b2`` is a Python float or traced (inject_hyperparams).
+  """
+  dtype = jax.dtypes.canonicalize_dtype(dtype)
+  beta1 = jnp.asarray(b1, dtype)
+  beta2 = jnp.asarray(b2, dtype)
+  # An integer exponent: exp(t·log β) would lose ~1e-4 of 1 - β2^t to
+  # cancellation at small t.
+  return beta1, beta2, 1 - beta1**count, 1 - beta2**count
+
+
+def first_moment(x: jax.Array, m: jax.Array, decay: Any) -> jax.Array:
+  """``m ← decay·m + (1 − decay)·x``: Adam's first-moment update."""
+  return (1 - decay) * x + decay * m
+
+
+def second_moment(x: jax.Array, v: jax.Array, decay: Any) -> jax.Array:
+  """``v ← decay·v + (1 − decay)·x²``: Adam's second-moment update.
+
+  The square is spelled ``((1 − decay)·x)·x`` so that XLA cannot merge it with
+  an ``x·x`` elsewhere in the step (see docs/design.md).
+  """
+  return ((1 - decay) * x) * x + decay * v
+
+
+def adam_direction(
+    m: jax.Array, v: jax.Array, bc1: jax.Array, bc2: jax.Array,
+    eps: Any, eps_root: Any = 0.0,
+) -> jax.Array:
+  """``m̂ / (√(v̂ + eps_root) + eps)`` with ``m̂ = m/bc1``, ``v̂ = v/bc2``.
+
+  The corrections are cast to each moment's dtype, as optax does.
+  """
+  m_hat = m / bc1.astype(m.dtype)
+  v_hat = v / bc2.astype(v.dtype)
+  return m_hat / (jnp.sqrt(v_hat + eps_root) + eps)

@@ -41,7 +41,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from normopt._numerics import adam_direction
+from normopt._numerics import bias_corrections
+from normopt._numerics import canonical_dtype
+from normopt._numerics import first_moment
 from normopt._numerics import inv_norm
+from normopt._numerics import second_moment
 from normopt.blocks import block_norms
 from normopt.blocks import BlockSpec
 from normopt.blocks import check_blocks
@@ -113,10 +118,6 @@ def _scaled(g, factor):
   return (g * factor).astype(jnp.result_type(g))
 
 
-def _canonical(dtype):
-  return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
-
-
 def _moments_init(params, mu_dtype, with_g_prev):
   mu = optax.tree.zeros_like(params, dtype=mu_dtype)
   nu = optax.tree.zeros_like(params)
@@ -133,20 +134,15 @@ def _moments_update(
   ``s = g · factor`` (``factor=None``: ``s = g``) enters the first moment,
   ``g`` the second moment (AdaBelief: the residual ``g − m``, or ``s − m``
   with ``residual_uses_corrected``) and diffGrad's friction. Returns
-  ``(updates, mu, nu, g_prev, count_inc)``.
-
-  Written leaf by leaf so that each leaf costs the full-size kernels an Adam
-  step needs and no more: ``s`` is never stored, and the second moment's
-  square is spelled ``((1 − β2) g) g``, which XLA cannot merge with a
-  ``g · g`` elsewhere in the step, e.g. a norm's reduction (merged, that
-  square is written to a full-size temporary buffer, which XLA:CPU allocates
-  afresh every step).
+  ``(updates, mu, nu, g_prev, count_inc)``. Built leaf by leaf from the
+  shared moment updates, so that ``s`` is never stored (see docs/design.md).
   """
   count_inc = optax.safe_increment(count)
-  bc1 = 1 - b1**count_inc
-  bc2 = 1 - b2**count_inc
+  # In the widest enabled float: float64 params get float64 corrections.
+  wide = jnp.float64
+  _, _, bc1, bc2 = bias_corrections(b1, b2, count_inc, wide)
   if nesterov:
-    bc1_next = 1 - b1 ** optax.safe_increment(count_inc)
+    bc1_next = bias_corrections(b1, b2, optax.safe_increment(count_inc), wide)[2]
   if kind == "radam":
     ro_inf = 2.0 / (1.0 - b2) - 1.0
     b2t = b2**count_inc
@@ -162,25 +158,24 @@ def _moments_update(
   def leaf(gt, f, m, v, gp):
     dtype = jnp.result_type(gt)
     s = gt if f is None else _scaled(gt, f)
-    m_new = (1 - b1) * s + b1 * m
-    if kind == "adabelief":
+    m_new = first_moment(s, m, b1)
+    if kind == "adabelief":  # eps_root sits inside the stored v.
       resid = (s if residual_uses_corrected else gt) - m_new
-      v_new = (1 - b2) * (resid * resid) + b2 * v + eps_root
+      v_new = second_moment(resid, v, b2) + eps_root
+      root = 0.0
     else:
-      v_new = ((1 - b2) * gt) * gt + b2 * v
+      v_new = second_moment(gt, v, b2)
+      root = eps_root
     if nesterov:
-      m_hat = b1 * (m_new / bc1_next.astype(m_new.dtype)) + (1 - b1) * (
+      m_eff = b1 * (m_new / bc1_next.astype(m_new.dtype)) + (1 - b1) * (
           s / bc1.astype(s.dtype)
       )
+      u = adam_direction(m_eff, v_new, jnp.ones_like(bc1), bc2, eps, root)
     else:
-      m_hat = m_new / bc1.astype(m_new.dtype)
-    v_hat = v_new / bc2.astype(v_new.dtype)
-    if kind == "adabelief":  # eps_root already sits inside v.
-      u = m_hat / (jnp.sqrt(v_hat) + eps)
-    else:
-      u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+      m_eff = m_new / bc1.astype(m_new.dtype)
+      u = adam_direction(m_new, v_new, bc1, bc2, eps, root)
     if kind == "radam":
-      u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
+      u = jnp.where(rectify, r.astype(m_eff.dtype) * u, m_eff)
     if kind == "diffgrad":
       u = jax.nn.sigmoid(jnp.abs(gp - gt)) * u
       gp = gt.astype(jnp.result_type(gp))
@@ -376,7 +371,7 @@ def scale_by_adanorm_moments(
         f"scale_by_adanorm_moments: kind must be one of {KINDS}, got {kind!r}."
     )
   check_blocks(blocks, "scale_by_adanorm_moments")
-  mu_dtype = _canonical(mu_dtype)
+  mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
     mu, nu, g_prev = _moments_init(params, mu_dtype, kind == "diffgrad")
@@ -446,7 +441,7 @@ def scale_by_diffgrad(
     Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
     Networks <https://arxiv.org/abs/1909.11015>`_, IEEE TNNLS 2020.
   """
-  mu_dtype = _canonical(mu_dtype)
+  mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
     mu, nu, g_prev = _moments_init(params, mu_dtype, True)

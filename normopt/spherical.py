@@ -42,7 +42,12 @@ from jax import lax
 import optax
 
 from normopt._numerics import acc_dtype
+from normopt._numerics import adam_direction
+from normopt._numerics import bias_corrections
+from normopt._numerics import canonical_dtype
+from normopt._numerics import first_moment
 from normopt._numerics import inv_norm
+from normopt._numerics import second_moment
 from normopt._numerics import safe_sqrt
 from normopt._numerics import where_pos
 from normopt.blocks import check_same_structure
@@ -144,18 +149,6 @@ def _vector_moments(params, vector_axes, stacked, name, mu_dtype=None):
       )))
   unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
   return unflat(mu), unflat(nu)
-
-
-def _betas_and_corrections(b1, b2, count):
-  """``(β1, β2, 1 - β1^t, 1 - β2^t)`` in float32 for step ``t = count``.
-
-  Hyperparameters become float32 arrays first, so that ``1 - b2`` is the same
-  number whether b2 is a Python float or traced (inject_hyperparams).
-  """
-  t = count.astype(jnp.float32)
-  beta1 = jnp.asarray(b1, jnp.float32)
-  beta2 = jnp.asarray(b2, jnp.float32)
-  return beta1, beta2, 1 - beta1**t, 1 - beta2**t
 
 
 def _check_params(updates, params, name):
@@ -343,7 +336,7 @@ def scale_by_vector_adam(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
     mu, nu = _vector_moments(
@@ -358,18 +351,18 @@ def scale_by_vector_adam(
     mu_leaves = treedef.flatten_up_to(state.mu)
     nu_leaves = treedef.flatten_up_to(state.nu)
     count = optax.safe_increment(state.count)
-    beta1, beta2, bc1, bc2 = _betas_and_corrections(b1, b2, count)
+    beta1, beta2, bc1, bc2 = bias_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
     for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes):
       m_old_dtype, v_old_dtype = jnp.result_type(m), jnp.result_type(v)
       g32 = g.astype(acc_dtype(g))
-      m = beta1 * m.astype(g32.dtype) + (1 - beta1) * g32
+      m = first_moment(g32, m.astype(g32.dtype), beta1)
       if a is None:
-        g2 = jnp.square(g32)
+        v = second_moment(g32, v.astype(g32.dtype), beta2)
       else:
         g2 = _vsum(jnp.square(g32), a, axis_name)
-      v = beta2 * v.astype(g2.dtype) + (1 - beta2) * g2
-      u = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+        v = first_moment(g2, v.astype(g2.dtype), beta2)  # an EMA of ‖g‖²
+      u = adam_direction(m, v, bc1, bc2, eps)
       new_u.append(u.astype(jnp.result_type(g)))
       new_mu.append(m.astype(m_old_dtype))
       new_nu.append(v.astype(v_old_dtype))
@@ -566,7 +559,7 @@ def nd_adam_transform(
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
   name = "nd_adam"
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
     mu, nu = _vector_moments(params, vector_axes, stacked, name, mu_dtype)
@@ -587,15 +580,15 @@ def nd_adam_transform(
     )
     lr_v = jnp.asarray(lr_v, jnp.float32)
     lr_s = jnp.asarray(lr_s, jnp.float32)
-    beta1, beta2, bc1, bc2 = _betas_and_corrections(b1, b2, count)
+    beta1, beta2, bc1, bc2 = bias_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
     for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes):
       if a is None:  # Adam
         acc = acc_dtype(g)
         g32 = g.astype(acc)
-        m_new = beta1 * m.astype(acc) + (1 - beta1) * g32
-        v_new = beta2 * v.astype(acc) + (1 - beta2) * jnp.square(g32)
-        u = -lr_s * ((m_new / bc1) / (jnp.sqrt(v_new / bc2) + eps))
+        m_new = first_moment(g32, m.astype(acc), beta1)
+        v_new = second_moment(g32, v.astype(acc), beta2)
+        u = -lr_s * adam_direction(m_new, v_new, bc1, bc2, eps)
       else:
         u, m_new, v_new = _vector_step(
             w, g, m, v, a, lr_v, beta1, beta2, eps, bc1, bc2, axis_name

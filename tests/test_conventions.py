@@ -1,0 +1,119 @@
+"""optax's conventions, checked for every registry method in ONE test.
+
+A method joins by being listed in ``tests/methods_registry.py``; it cannot
+skip any of these:
+
+* ``update`` accepts and ignores keyword arguments it does not use (optax's
+  ``GradientTransformationExtraArgs``), e.g. ``value=loss``;
+* ``init`` accepts ``jax.ShapeDtypeStruct``s;
+* state types are stable: ``jax.typeof`` of every state leaf from ``init``,
+  from ``jax.jit(init)`` and after an update agree, for float16, bfloat16
+  and float32 params split along their first axis, their last axis,
+  replicated, and stacked with the stack axis split, on an Explicit mesh
+  (``tests/conventions_checks.py``, run once in a subprocess);
+* every method that takes ``blocks=`` or ``vector_axes=`` takes ``stacked=``.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import normopt
+from methods_registry import METHODS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALIASES = (
+    "sgd_ng", "adam_ng", "adagrad_ng", "sgd_ngadap", "adam_ngadap", "adagrad_bng",
+    "sngd", "s_sngd", "nd_adam", "adam_norm", "diffgrad", "diffgrad_norm",
+    "radam_norm", "adabelief_norm",
+)
+
+
+@pytest.fixture(scope="module")
+def explicit_types():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(HERE, "conventions_checks.py")],
+      capture_output=True, text=True, env=env, timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _tree(rng):
+  return {
+      "dense": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+                "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+      "scale": jnp.asarray(rng.normal(size=3), jnp.float32),
+  }
+
+
+def _params(method, rng):
+  p = _tree(rng)
+  return normopt.normalize_vectors(p) if method.params_kind == "sphere" else p
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+def test_optax_conventions(method, explicit_types):
+  rng = np.random.default_rng(0)
+  params = _params(method, rng)
+  grads = _tree(rng)
+  tx = method.make(**method.kwargs)
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  # Extra keyword arguments are accepted and ignored.
+  state = tx.init(params)
+  u1, s1 = tx.update(grads, state, params)
+  u2, s2 = tx.update(grads, state, params, value=jnp.asarray(1.5), unused_arg="x")
+  chex.assert_trees_all_equal((u1, s1), (u2, s2))
+  # Through optax.chain too (which forwards extra args to its members).
+  chained = optax.chain(tx, optax.scale(1.0))
+  u3, _ = chained.update(grads, chained.init(params), params, value=jnp.asarray(1.5))
+  chex.assert_trees_all_equal(u3, u1)
+  # init on abstract params gives the state that init on arrays gives.
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  got, want = tx.init(abstract), tx.init(params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype)
+  # State types are stable on an Explicit mesh (every dtype and layout).
+  assert method.name in explicit_types
+  assert explicit_types[method.name] == {}, explicit_types[method.name]
+  # stacked= wherever blocks= or vector_axes= is taken.
+  sig = inspect.signature(method.make).parameters
+  if "blocks" in sig or "vector_axes" in sig:
+    assert "stacked" in sig
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_every_alias_takes_stacked_and_keyword_only_extras(name):
+  sig = inspect.signature(getattr(normopt, name)).parameters
+  assert "stacked" in sig and sig["stacked"].kind is inspect.Parameter.KEYWORD_ONLY
+  for arg in ("gamma", "eps_norm", "axis_name", "mu_dtype", "eps_root", "min_param_norm"):
+    if arg in sig:
+      assert sig[arg].kind is inspect.Parameter.KEYWORD_ONLY, (name, arg)
+
+
+def test_keyword_only_order_is_shared_by_aliases():
+  order = ("gamma", "blocks", "stacked", "eps_norm", "axis_name", "mu_dtype")
+  for name in ALIASES:
+    kw = [k for k, p in inspect.signature(getattr(normopt, name)).parameters.items()
+          if p.kind is inspect.Parameter.KEYWORD_ONLY and k in order]
+    assert kw == [k for k in order if k in kw], (name, kw)
+
+
+def test_adam_family_aliases_take_mu_dtype():
+  for name in ("adam_ng", "adam_ngadap", "nd_adam", "adam_norm", "diffgrad",
+               "diffgrad_norm", "radam_norm", "adabelief_norm"):
+    tx = getattr(normopt, name)(1e-3, mu_dtype=jnp.bfloat16)
+    p = normopt.normalize_vectors({"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
+    mus = [x for x in jax.tree.leaves(tx.init(p)) if x.dtype == jnp.bfloat16]
+    assert len(mus) == 2, name  # the first moment of both leaves
