@@ -35,7 +35,7 @@ Differences from the official PyTorch code (shivram1987/AdaNorm), on purpose:
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, get_args, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,14 +59,14 @@ KINDS = get_args(Kind)
 class AdaNormState(NamedTuple):
   """State of :func:`adanorm_rescale`."""
 
-  count: jax.Array  # shape=(), int32: number of updates so far.
+  count: jax.Array  # type: ignore[assignment]  # shape=(), int32: number of updates so far.
   e: Any  # per leaf, EMA of its block's gradient norm (keepdims shape).
 
 
 class ScaleByAdaNormState(NamedTuple):
   """State of :func:`scale_by_adanorm_moments`."""
 
-  count: jax.Array  # shape=(), int32.
+  count: jax.Array  # type: ignore[assignment]  # shape=(), int32.
   e: Any  # per leaf, EMA of its block's gradient norm (keepdims shape).
   mu: Any  # first moment, of the corrected gradient s.
   nu: Any  # second moment, of g (Adam/diffGrad/RAdam) or of (g - m).
@@ -76,7 +76,7 @@ class ScaleByAdaNormState(NamedTuple):
 class ScaleByDiffGradState(NamedTuple):
   """State of :func:`scale_by_diffgrad`."""
 
-  count: jax.Array  # shape=(), int32.
+  count: jax.Array  # type: ignore[assignment]  # shape=(), int32.
   mu: Any
   nu: Any
   g_prev: Any  # previous gradient, zeros at init.
@@ -195,7 +195,7 @@ def _moments_update(
       leaf(*args)
       for args in zip(
           leaves, factors, treedef.flatten_up_to(mu),
-          treedef.flatten_up_to(nu), prevs,
+          treedef.flatten_up_to(nu), prevs, strict=True,
       )
   ]
   u, new_mu, new_nu, new_prev = (

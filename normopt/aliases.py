@@ -7,10 +7,9 @@ unit norm), each BNG alias equals its optax base.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import optax
-
-from typing import Any
 
 from normopt.adanorm import scale_by_adanorm_moments
 from normopt.adanorm import scale_by_diffgrad
@@ -23,7 +22,7 @@ from normopt.schedules import stagewise_schedule
 from normopt.spherical import nd_adam_transform
 from normopt.spherical import VectorAxes
 
-ScalarOrSchedule = optax.ScalarOrSchedule
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def _sgdm(learning_rate, momentum, nesterov):

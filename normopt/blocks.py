@@ -58,18 +58,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 import itertools
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from normopt._numerics import acc_dtype
 from normopt._numerics import safe_sqrt
 
-BlockSpec = Union[str, Callable[[Any, Any], Hashable]]
-StackedSpec = Union[None, int, Callable[[Any, Any], int], Any]
+#: A block mode (``"leaf"``, ``"layer"``, ``"global"``, ``"unit"``) or a callable
+#: ``(path, leaf) -> hashable`` whose equal keys form one block.
+BlockSpec: TypeAlias = str | Callable[[Any, Any], Hashable]
+#: How many leading axes of each leaf index stacked layers: ``None``, a callable
+#: ``(path, leaf) -> int`` or a pytree prefix of ints.
+StackedSpec: TypeAlias = None | int | Callable[[Any, Any], int] | Any
 
 BLOCK_MODES = ("leaf", "layer", "global", "unit")
 
@@ -133,8 +137,10 @@ def stacked_under(*names: Hashable, axes: int = 1) -> Callable[[Any, Any], int]:
     >>> p = {"layers": {"dense": {"kernel": jnp.ones((3, 4, 4)), "bias": jnp.ones((3, 4))}},
     ...      "head": {"kernel": jnp.ones((4, 2))}}
     >>> spec = normopt.stacked_under("layers")
-    >>> len(normopt.block_partition(p, "layer")), len(normopt.block_partition(p, "layer", stacked=spec))
-    (2, 4)
+    >>> len(normopt.block_partition(p, "layer"))     # the stack is one block
+    2
+    >>> len(normopt.block_partition(p, "layer", stacked=spec))   # 3 layers + head
+    4
   """
   if not names:
     raise ValueError("stacked_under: give at least one name.")
@@ -154,7 +160,7 @@ def _stack_counts(tree, paths, leaves, stacked, name):
   if stacked is None:
     return [0] * len(leaves)
   if callable(stacked):
-    raw = [stacked(p, x) for p, x in zip(paths, leaves)]
+    raw = [stacked(p, x) for p, x in zip(paths, leaves, strict=True)]
   else:
     try:
       full = jax.tree.map(lambda k, sub: jax.tree.map(lambda _: k, sub), stacked, tree)
@@ -168,7 +174,7 @@ def _stack_counts(tree, paths, leaves, stacked, name):
     if len(raw) != len(leaves):
       raise ValueError(f"{name}: stacked is not a pytree prefix of the tree.")
   counts = []
-  for path, leaf, k in zip(paths, leaves, raw):
+  for path, leaf, k in zip(paths, leaves, raw, strict=True):
     ndim = len(jnp.shape(leaf))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= ndim:
       raise ValueError(
@@ -201,8 +207,8 @@ def unit_axes(leaf: Any, stacked: int = 0) -> tuple[int, ...] | None:
 
 def _leaf_partition(paths, leaves, counts, blocks):
   """Per leaf: (block key, reduced axes, keepdims, stacked axes)."""
-  out = []
-  for i, (path, leaf, k) in enumerate(zip(paths, leaves, counts)):
+  out: list[tuple[Any, tuple[int, ...], bool, int]] = []
+  for i, (path, leaf, k) in enumerate(zip(paths, leaves, counts, strict=True)):
     ndim = len(jnp.shape(leaf))
     rest = tuple(range(k, ndim))
     if callable(blocks):
@@ -249,8 +255,11 @@ def block_partition(
     >>> list(normopt.block_partition(p, "layer").values())
     [["['dense']['bias']", "['dense']['kernel']"]]
     >>> s = {"layers": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.zeros((2, 3))}}
-    >>> list(normopt.block_partition(s, "layer", stacked=normopt.stacked_under("layers")).values())
-    [["['layers']['bias'][0]", "['layers']['kernel'][0]"], ["['layers']['bias'][1]", "['layers']['kernel'][1]"]]
+    >>> parts = normopt.block_partition(s, "layer", stacked=normopt.stacked_under("layers"))
+    >>> for paths in parts.values():
+    ...   print(paths)
+    ["['layers']['bias'][0]", "['layers']['kernel'][0]"]
+    ["['layers']['bias'][1]", "['layers']['kernel'][1]"]
 
   References:
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
@@ -263,7 +272,7 @@ def block_partition(
   parts = _leaf_partition(paths, leaves, counts, blocks)
   _check_group_shapes(paths, leaves, parts, "block_partition")
   out: dict[Any, list[str]] = {}
-  for (key, _, _, k), path, leaf in zip(parts, paths, leaves):
+  for (key, _, _, k), path, leaf in zip(parts, paths, leaves, strict=True):
     shape = tuple(jnp.shape(leaf))[:k]
     if not shape:
       out.setdefault(key, []).append(jax.tree_util.keystr(path))
@@ -278,7 +287,7 @@ def block_partition(
 def _check_group_shapes(paths, leaves, parts, name):
   """Leaves of one block must have equal stacked shapes (else ValueError)."""
   first: dict[Any, tuple[Any, tuple[int, ...]]] = {}
-  for path, leaf, (key, _, keepdims, k) in zip(paths, leaves, parts):
+  for path, leaf, (key, _, keepdims, k) in zip(paths, leaves, parts, strict=True):
     if keepdims:
       continue
     shape = tuple(jnp.shape(leaf))[:k]
@@ -325,7 +334,7 @@ def _loop_sum(rows_in, chunk=64):
 def _group_totals(values, keys):
   """Sums per-leaf values sharing a key: ``(block index per leaf, totals)``."""
   members: dict[Any, list[Any]] = {}
-  for key, v in zip(keys, values):
+  for key, v in zip(keys, values, strict=True):
     members.setdefault(key, []).append(v)
   ids = {k: i for i, k in enumerate(members)}
   index = [ids[k] for k in keys]
@@ -352,7 +361,7 @@ def _block_totals(trees_leaves, parts, axis_name):
   keys = [key for key, _, _, _ in parts]
   out, index = [], None
   for leaves in trees_leaves:
-    sums = [_sum_sq(x, a, kd) for x, (_, a, kd, _) in zip(leaves, parts)]
+    sums = [_sum_sq(x, a, kd) for x, (_, a, kd, _) in zip(leaves, parts, strict=True)]
     index, tot = _group_totals(sums, keys)
     out.append(tot)
   if axis_name is not None:
@@ -427,7 +436,7 @@ def block_norm_map(
   def unflatten(results):
     return jax.tree_util.tree_unflatten(
         treedef,
-        [_broadcastable(r, x, pt) for r, x, pt in zip(results, leaves, parts)],
+        [_broadcastable(r, x, pt) for r, x, pt in zip(results, leaves, parts, strict=True)],
     )
 
   if isinstance(per_block[0], tuple):
@@ -471,8 +480,8 @@ def block_norms(
     >>> import jax.numpy as jnp, normopt
     >>> g = {"dense": {"kernel": jnp.full((2, 2), 1.0), "bias": jnp.full(2, 2.0)}}
     >>> n = normopt.block_norms(g, "layer")
-    >>> round(float(n["dense"]["kernel"].squeeze()), 4), round(float(n["dense"]["bias"].squeeze()), 4)
-    (3.4641, 3.4641)
+    >>> [round(float(x), 4) for x in (n["dense"]["kernel"], n["dense"]["bias"])]
+    [3.4641, 3.4641]
 
   References:
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for

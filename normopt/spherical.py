@@ -4,10 +4,13 @@ ND-Adam keeps the input-weight vector of each hidden unit on the unit sphere.
 Per vector ``w`` (with ``ŵ = w / ‖w‖``) one step is (the paper's Algorithm 1):
 
 .. math::
-  \\bar g &= g - (g \\cdot \\hat w)\\,\\hat w          && \\text{(eq. 12, spherical_project)} \\\\
+  \\bar g &= g - (g \\cdot \\hat w)\\,\\hat w
+    && \\text{(eq. 12, spherical_project)} \\\\
   m &\\leftarrow \\beta_1 m + (1-\\beta_1)\\,\\bar g, \\quad
-  v \\leftarrow \\beta_2 v + (1-\\beta_2)\\,\\|\\bar g\\|^2  && \\text{(eqs. 8-9, scale_by_vector_adam)} \\\\
-  u &= -\\alpha\\,\\hat m / (\\sqrt{\\hat v} + \\epsilon)  && \\text{(eqs. 10-11, learning rate)} \\\\
+  v \\leftarrow \\beta_2 v + (1-\\beta_2)\\,\\|\\bar g\\|^2
+    && \\text{(eqs. 8-9, scale_by_vector_adam)} \\\\
+  u &= -\\alpha\\,\\hat m / (\\sqrt{\\hat v} + \\epsilon)
+    && \\text{(eqs. 10-11, learning rate)} \\\\
   w &\\leftarrow (w + u) / \\|w + u\\|                      && \\text{(spherical_retract)}
 
 with ``m̂ = m / (1 - β1^t)``, ``v̂ = v / (1 - β2^t)`` (the official code's bias
@@ -34,11 +37,11 @@ norms are ``psum``-med over that axis.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import optax
 
 from normopt._numerics import acc_dtype
@@ -47,8 +50,8 @@ from normopt._numerics import bias_corrections
 from normopt._numerics import canonical_dtype
 from normopt._numerics import first_moment
 from normopt._numerics import inv_norm
-from normopt._numerics import second_moment
 from normopt._numerics import safe_sqrt
+from normopt._numerics import second_moment
 from normopt._numerics import where_pos
 from normopt.blocks import check_same_structure
 from normopt.blocks import flatten_stacked
@@ -56,7 +59,7 @@ from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
 from normopt.blocks import unit_axes
 
-VectorAxes = Union[None, Callable[[Any, Any], Union[tuple[int, ...], None]]]
+VectorAxes: TypeAlias = None | Callable[[Any, Any], tuple[int, ...] | None]
 
 
 def _leaf_axes(path, leaf, vector_axes, stacked, name):
@@ -104,7 +107,7 @@ def _flat_axes(tree, vector_axes, stacked, name):
   paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
   axes = [
       _leaf_axes(p, x, vector_axes, k, name)
-      for p, x, k in zip(paths, leaves, counts)
+      for p, x, k in zip(paths, leaves, counts, strict=True)
   ]
   return leaves, axes, treedef
 
@@ -140,7 +143,7 @@ def _vector_moments(params, vector_axes, stacked, name, mu_dtype=None):
   leaves, axes, treedef = _flat_axes(params, vector_axes, stacked, name)
   mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
   nu = []
-  for p, a in zip(leaves, axes):
+  for p, a in zip(leaves, axes, strict=True):
     if a is None:
       nu.append(jnp.zeros_like(p))
     else:
@@ -198,7 +201,7 @@ def normalize_vectors(
   )
   out = [
       w if a is None else _unit(w, a, axis_name).astype(jnp.result_type(w))
-      for w, a in zip(leaves, axes)
+      for w, a in zip(leaves, axes, strict=True)
   ]
   return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -262,7 +265,7 @@ def spherical_project(
           jnp.result_type(g)
       )
 
-    out = [project(g, w, a) for g, w, a in zip(g_leaves, w_leaves, axes)]
+    out = [project(g, w, a) for g, w, a in zip(g_leaves, w_leaves, axes, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
@@ -276,7 +279,7 @@ class ScaleByVectorAdamState(NamedTuple):
   leaves that are not vectors.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]
   mu: Any
   nu: Any
 
@@ -353,7 +356,7 @@ def scale_by_vector_adam(
     count = optax.safe_increment(state.count)
     beta1, beta2, bc1, bc2 = bias_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
-    for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes):
+    for g, m, v, a in zip(g_leaves, mu_leaves, nu_leaves, axes, strict=True):
       m_old_dtype, v_old_dtype = jnp.result_type(m), jnp.result_type(v)
       g32 = g.astype(acc_dtype(g))
       m = first_moment(g32, m.astype(g32.dtype), beta1)
@@ -435,7 +438,7 @@ def spherical_retract(
       step = jnp.where(norm > 0, new * inv_norm(norm, 0.0) - w32, 0)
       return step.astype(jnp.result_type(u))
 
-    out = [retract(u, w, a) for u, w, a in zip(u_leaves, w_leaves, axes)]
+    out = [retract(u, w, a) for u, w, a in zip(u_leaves, w_leaves, axes, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
@@ -450,7 +453,7 @@ class NDAdamState(NamedTuple):
   second moment for leaves that are not vectors (plain Adam).
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]
   mu: Any
   nu: Any
 
@@ -464,13 +467,8 @@ def _vector_step(w, g, m, v, axes, lr, beta1, beta2, eps, bc1, bc2, axis_name):
   ``s = α/((1-β1^t)(√(v'/(1-β2^t)) + ε))`` and the new vector is
   ``(w - s·m')/‖w - s·m'‖``, returned as an update (0 where ``w - s·m' = 0``).
 
-  Three passes over memory: the sums ``Σw², Σg·w, Σg²``; ``m'``;
-  ``‖w - s·m'‖²`` and the update. Nothing full-size is written but ``m'`` and
-  the update. Measured on XLA:CPU (jax 0.10): sums over several operands are
-  not fused into one pass (each reduction is its own kernel, and a variadic
-  ``lax.reduce`` is ~10x slower), so taking ``Σm·w, Σm², Σm·g`` as well to
-  expand ``‖w - s·m'‖²`` reads more than the direct second reduction; and a
-  full-size temporary costs more than recomputing ``w - s·m'``.
+  Three passes over memory (see docs/design.md, "ND-Adam: one fused step
+  in three passes").
   """
   acc = acc_dtype(w)
   w, g, m = (x.astype(acc) for x in (w, g, m))
@@ -582,7 +580,7 @@ def nd_adam_transform(
     lr_s = jnp.asarray(lr_s, jnp.float32)
     beta1, beta2, bc1, bc2 = bias_corrections(b1, b2, count)
     new_u, new_mu, new_nu = [], [], []
-    for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes):
+    for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes, strict=True):
       if a is None:  # Adam
         acc = acc_dtype(g)
         g32 = g.astype(acc)
