@@ -30,13 +30,16 @@ class Method(NamedTuple):
 # (~1e-4 relative after 3 steps; optax.scale_by_adam shows the same against
 # inject_hyperparams). Scaling by 1e-2, as a learning rate would, keeps that
 # inside the suite's tolerance while testing the primitive itself.
-def _adanorm_moments_small(gamma, b1, b2, eps, eps_root, threshold, *, axis_name=None):
-  # An explicit axis_name (tests/distributed_checks.py passes it), not **kw:
-  # inject_hyperparams would bind a **kw parameter as an argument named "kw".
+def _adanorm_moments_small(
+    gamma, b1, b2, eps, eps_root, threshold, *, blocks="leaf", stacked=None, axis_name=None
+):
+  # Explicit keywords (tests/distributed_checks.py and stacked_checks.py pass
+  # them), not **kw: inject_hyperparams would bind a **kw parameter as an
+  # argument named "kw".
   return optax.chain(
       normopt.scale_by_adanorm_moments(
           kind="adam", gamma=gamma, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-          threshold=threshold, axis_name=axis_name,
+          threshold=threshold, blocks=blocks, stacked=stacked, axis_name=axis_name,
       ),
       optax.scale(1e-2),
   )
