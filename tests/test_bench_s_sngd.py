@@ -91,6 +91,9 @@ def test_committed_full_results_are_consistent(load_bench):
   payload = json.loads(path.read_text())
   cfg = payload["config"]
   assert cfg["models"] == ["mlp", "cnn"]
+  # Produced on the benchmarks' one digits split.
+  assert cfg["data"] == load_bench("_common").DIGITS_CONVENTION
+  assert (cfg["n_train"], cfg["n_test"]) == (1437, 360)
   assert cfg["stage_rates"] == pytest.approx(list(mod.STAGE_RATES))
   # Stage t starts where Algorithm 2 says: cumulative ceil(S / alpha_t).
   bounds = np.cumsum([math.ceil(cfg["stage_length"] / a)
