@@ -80,7 +80,7 @@ def pip_install(python: pathlib.Path, args: list[str]) -> str:
   if offline.returncode == 0:
     return offline.stderr
   if _OFFLINE_MISS.search(offline.stderr) or _NETWORK_ERROR.search(offline.stderr):
-    first = proc.stderr.strip().splitlines()[:3]
+    why = [l.strip() for l in proc.stderr.splitlines() if _NETWORK_ERROR.search(l)]
     pytest.skip("the package index cannot be reached and uv's cache lacks the "
-                "packages: " + " | ".join(first))
+                "packages: " + " | ".join(why[:2]))
   pytest.fail(f"uv pip install --offline {' '.join(args)} failed:\n{offline.stderr}")
