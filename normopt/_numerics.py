@@ -29,6 +29,17 @@ def inv_norm(norm: jax.Array, eps: Any) -> jax.Array:
   return jnp.where(pos, 1.0 / jnp.where(pos, jnp.maximum(norm, eps), 1), 0)
 
 
+def zeros_typed(aval: Any) -> jax.Array:
+  """Zeros of an abstract value's shape, dtype and sharding.
+
+  For state built from ``jax.eval_shape`` of what the update computes: under
+  sharding in types the zeros carry the update's sharding, so the state's
+  type does not change after a step; inside ``shard_map`` they are invariant
+  across the mapped axes, like any freshly made constant.
+  """
+  return jnp.zeros(aval.shape, aval.dtype, out_sharding=aval.sharding)
+
+
 def where_pos(x: jax.Array, fn: Any) -> jax.Array:
   """``fn(x)`` where ``x > 0``, else 0 (no NaN from the other branch)."""
   pos = x > 0

@@ -47,6 +47,7 @@ from normopt._numerics import canonical_dtype
 from normopt._numerics import first_moment
 from normopt._numerics import inv_norm
 from normopt._numerics import second_moment
+from normopt._numerics import zeros_typed
 from normopt.blocks import block_norms
 from normopt.blocks import BlockSpec
 from normopt.blocks import check_blocks
@@ -91,7 +92,7 @@ def _init_e(params, blocks, stacked):
   types = jax.eval_shape(
       lambda p: block_norms(p, blocks, stacked=stacked), params
   )
-  return jax.tree.map(jnp.zeros_like, types)
+  return jax.tree.map(zeros_typed, types)
 
 
 def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):

@@ -53,6 +53,7 @@ from normopt._numerics import inv_norm
 from normopt._numerics import safe_sqrt
 from normopt._numerics import second_moment
 from normopt._numerics import where_pos
+from normopt._numerics import zeros_typed
 from normopt.blocks import check_same_structure
 from normopt.blocks import flatten_stacked
 from normopt.blocks import require_params
@@ -147,7 +148,7 @@ def _vector_moments(params, vector_axes, stacked, name, mu_dtype=None):
     if a is None:
       nu.append(jnp.zeros_like(p))
     else:
-      nu.append(jnp.zeros_like(jax.eval_shape(
+      nu.append(zeros_typed(jax.eval_shape(
           lambda x, a=a: jnp.sum(x.astype(acc_dtype(x)), axis=a, keepdims=True), p
       )))
   unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
