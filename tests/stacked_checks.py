@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from distributed_checks import max_dev  # noqa: E402
 from methods_registry import METHODS  # noqa: E402
 
 import normopt  # noqa: E402
@@ -192,17 +193,6 @@ def _train(txs, params, grads_seq):
 
   (p, _, u), _ = jax.lax.scan(body, (params, states, updates), grads_seq)
   return p, u
-
-
-def max_dev(a, b):
-  """Max |a - b| over a pytree, relative to max(1, |b|) per leaf."""
-  devs = [
-      float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
-            / max(1.0, float(np.max(np.abs(np.asarray(y, np.float64))))))
-      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-      if np.size(y)
-  ]
-  return max(devs, default=0.0)
 
 
 def _compare(out, ref, names):

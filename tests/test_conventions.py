@@ -15,10 +15,6 @@ skip any of these:
 """
 
 import inspect
-import json
-import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -29,8 +25,8 @@ import pytest
 
 import normopt
 from methods_registry import METHODS
+from subproc import run_json
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ALIASES = (
     "sgd_ng", "adam_ng", "adagrad_ng", "sgd_ngadap", "adam_ngadap", "adagrad_bng",
     "sngd", "s_sngd", "nd_adam", "adam_norm", "diffgrad", "diffgrad_norm",
@@ -40,13 +36,7 @@ ALIASES = (
 
 @pytest.fixture(scope="module")
 def explicit_types():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(HERE, "conventions_checks.py")],
-      capture_output=True, text=True, env=env, timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_json("conventions_checks.py", timeout=600)
 
 
 def _tree(rng):

@@ -19,28 +19,17 @@ import numpy as np
 import pytest
 
 from methods_registry import METHODS
+from subproc import env as _env
+from subproc import HERE
+from subproc import run_json
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "distributed_checks.py")
 TOL = 1e-5  # max |sharded - single device| / max(1, |single device|)
-# Cheaper XLA:CPU compilation for the subprocesses: the programs are tiny and
-# compile time dominates.
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-def _env():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
-  return env
 
 
 @pytest.fixture(scope="module")
 def checks():
-  proc = subprocess.run(
-      [sys.executable, SCRIPT], capture_output=True, text=True, env=_env(), timeout=900
-  )
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_json("distributed_checks.py")
 
 
 def _cases(checks, path):

@@ -8,11 +8,6 @@ devices; the tests below assert on its numbers. The rest are fast unit tests
 of the spec itself.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -23,24 +18,15 @@ import pytest
 import normopt
 from methods_registry import METHODS
 import stacked_checks as sc
+from subproc import run_json
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 1e-5  # float32 roundoff, relative to max(1, |unrolled|) per leaf
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 PATHS = ("jit", "auto", "explicit", "shard_map")
 
 
 @pytest.fixture(scope="module")
 def checks():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(HERE, "stacked_checks.py")],
-      capture_output=True, text=True, env=env, timeout=1200,
-  )
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_json("stacked_checks.py", timeout=1200)
 
 
 def test_every_method_and_block_mode_is_checked(checks):
