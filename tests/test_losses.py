@@ -118,7 +118,7 @@ def test_losses_never_imports_flax_or_the_flax_module():
         names.add(node.module or "")
         names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
-  import normopt.flax_losses  # pylint: disable=import-outside-toplevel
+  import normopt.flax_losses
   mine = imports(normopt.losses.__file__)
   assert not any(n.startswith("flax") or "flax_losses" in n for n in mine), mine
   assert "normopt.losses" in imports(normopt.flax_losses.__file__)

@@ -15,8 +15,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-from jupyter_client.kernelspec import KernelSpecManager  # pylint: disable=g-import-not-at-top
-from jupyter_client.manager import AsyncKernelManager  # pylint: disable=g-import-not-at-top
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -281,7 +281,7 @@ class _CNN(nn.Module):
 
 
 def test_nd_adam_trains_a_flax_cnn():
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  from sklearn.datasets import load_digits
   x, y = load_digits(return_X_y=True)
   x = jnp.asarray(x[:64, :].reshape(-1, 8, 8, 1) / 16.0, jnp.float32)
   y = jnp.asarray(y[:64])

@@ -31,7 +31,7 @@ _OFFLINE_MISS = re.compile(r"not found in the cache|network connectivity is disa
 def uv_bin() -> str:
   """Path of the ``uv`` executable, or skip the test if uv is not installed."""
   try:
-    import uv  # pylint: disable=g-import-not-at-top
+    import uv
 
     return uv.find_uv_bin()
   except (ImportError, FileNotFoundError):
