@@ -141,6 +141,11 @@ def stacked_under(*names: Hashable, axes: int = 1) -> Callable[[Any, Any], int]:
     2
     >>> len(normopt.block_partition(p, "layer", stacked=spec))   # 3 layers + head
     4
+
+  References:
+    Layers stacked by `flax.linen.scan
+    <https://flax.readthedocs.io/en/latest/api_reference/flax.linen/transformations.html>`_
+    or ``nnx.scan``; batch axes as in optax's ``contrib.MuonDimensionNumbers``.
   """
   if not names:
     raise ValueError("stacked_under: give at least one name.")
