@@ -338,18 +338,40 @@ def machine_info(extra: str = "") -> str:
           f"(jax {jax.__version__}, {backend}{kind}){extra}")
 
 
+def _provenance(payload: dict) -> str:
+  """The markdown footer: the data convention and the machine, where recorded."""
+  cfg = payload.get("config")
+  cfg = cfg if isinstance(cfg, dict) else {}
+  lines = []
+  for key, label in (("data", "Data"), ("machine", "Ran on")):
+    value = cfg.get(key, payload.get(key))
+    if value:
+      lines += ["", f"{label}: {value}."]
+  return "\n".join(lines) + "\n"
+
+
 def write_results(out_dir, name: str, payload: dict, markdown: str,
                   figures: dict[str, Callable] | None = None) -> list[pathlib.Path]:
-  """Writes ``name.json`` and ``name.md`` and each ``figures[file](payload, path)``."""
+  """Writes ``name.json``, ``name.md`` and the figures; returns their paths.
+
+  The markdown gets a footer with ``data`` and ``machine`` from the payload
+  (its ``config`` first). ``figures`` maps a file name to ``draw(payload)``,
+  which returns a matplotlib figure; it is laid out, saved at 110 dpi and
+  closed here.
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = [out / f"{name}.json", out / f"{name}.md"]
   paths[0].write_text(json.dumps(payload, indent=1))
-  paths[1].write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+  paths[1].write_text(markdown.rstrip("\n") + "\n" + _provenance(payload))
   for filename, draw in (figures or {}).items():
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
-    draw(payload, out / filename)
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig = draw(payload)
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
     paths.append(out / filename)
   print(f"wrote {', '.join(p.name for p in paths)} to {out}")
   return paths

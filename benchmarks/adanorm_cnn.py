@@ -102,7 +102,7 @@ def compare(res, base, norm):
           "verdict": label.get(v, v)}
 
 
-def plot(result, path):
+def plot(result):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   res = result["methods"]
@@ -126,9 +126,7 @@ def plot(result, path):
   fig.suptitle("AdaNorm Fig. 3 in small: gradient norm entering the first "
                f"moment (CNN-BN on digits, mean of {cfg['seeds']} seeds)",
                fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def markdown(result):
@@ -171,8 +169,7 @@ def markdown(result):
       "", "Train loss: mean over the last epoch's minibatches, mean over "
       "seeds.", "", "Verdict rule: the direction holds when Norm − base exceeds one "
       "standard error of the difference of the means (3 seeds), does not "
-      "hold when below minus one, and is within noise otherwise.",
-      "", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
+      "hold when below minus one, and is within noise otherwise."]
   return "\n".join(lines) + "\n"
 
 

@@ -131,7 +131,7 @@ CLAIMS = [
 ]
 
 
-def plot(result, path):
+def plot(result):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   res = result["methods"]
@@ -163,9 +163,7 @@ def plot(result, path):
       axes[0, col].legend()
   fig.suptitle("BNG Tables 1-2 in small: ResNet-BN on digits "
                f"(mean ± std over {result['config']['seeds']} seeds)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def markdown(result):
@@ -194,8 +192,7 @@ def markdown(result):
                  f"{100 * c['se']:.2f} | {c['verdict']} |")
   lines += ["", "Verdict rule: a claim holds when the mean difference is "
             "below minus one standard error of the difference (3 seeds); "
-            "it does not hold when above plus one; otherwise within noise.",
-            "", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
+            "it does not hold when above plus one; otherwise within noise."]
   return "\n".join(lines) + "\n"
 
 

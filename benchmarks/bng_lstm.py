@@ -206,7 +206,7 @@ def compute_claims(result):
          "verdict": _common.verdict(d, noise)})
 
 
-def plot(result, path):
+def plot(result):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   lengths = list(result["runs"])
@@ -226,9 +226,7 @@ def plot(result, path):
     ax.legend()
   fig.suptitle("BNG Fig. 3 in small: 2-layer LSTM char LM on pydoc topics "
                "(solid: NG, dashed: plain)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def markdown(result):
@@ -270,8 +268,7 @@ def markdown(result):
       lines.append(f"| {c['claim']} | {g} | {c['diff']:+.3f} | "
                    f"{c['verdict']} |")
   lines += ["", f"One seed; differences below {cfg['noise']} nats are "
-            "called within noise.", "",
-            f"Ran on: {cfg['machine']}."]
+            "called within noise."]
   return "\n".join(lines) + "\n"
 
 

@@ -141,11 +141,10 @@ def markdown_table(payload):
       lines.append(
           f"| {depth} | {name} | {lr:g} | {trm:.3f} ± {trs:.3f} |"
           f" {tem:.3f} ± {tes:.3f} | {am:.3f} ± {ast:.3f} |")
-  lines += ["", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
   return "\n".join(lines) + "\n"
 
 
-def plot(payload, path):
+def plot(payload):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   depths = list(payload["results"])
@@ -172,9 +171,7 @@ def plot(payload, path):
       ax.legend(fontsize=7)
   fig.suptitle("Deep sigmoid MLPs on digits: base optimizer (blue) vs"
                " block-normalized (red); dotted line = chance")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def main(argv=None):

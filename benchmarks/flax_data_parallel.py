@@ -170,7 +170,7 @@ def train(args):
   )
 
 
-def plot(result, path):
+def plot(result):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   h = result["history"]
@@ -184,9 +184,7 @@ def plot(result, path):
   ax[1].semilogy(ep, [max(r["max_param_diff"], 1e-12) for r in h], "x-", label="max |param diff|")
   ax[1].set(xlabel="epoch", title="pmap vs sharded jit (0 drawn at 1e-12)")
   ax[1].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def markdown(result):
@@ -196,8 +194,7 @@ def markdown(result):
       f"# Flax Linen CNN on digits, data parallel over {c['devices']} devices",
       "",
       f"`{c['optimizer']}`, lr {c['learning_rate']}, global batch {c['batch_size']}, "
-      f"{c['n_train']} train / {c['n_test']} test images, seed {c['seed']}; "
-      f"{c['machine']}.",
+      f"{c['n_train']} train / {c['n_test']} test images, seed {c['seed']}.",
       "",
       "| epoch | loss pmap | loss sharded jit | max abs loss diff | max abs param diff "
       "| test acc pmap | test acc jit | s pmap | s jit |",
@@ -213,8 +210,6 @@ def markdown(result):
       "",
       "Seconds include compilation in epoch 1; 8 virtual devices share 2 CPU cores, so",
       "they compare nothing about real accelerators.",
-      "",
-      f"Data: {c['data']}.",
   ]
   return "\n".join(lines) + "\n"
 

@@ -269,13 +269,11 @@ def table(payload):
       f"Mean ± std over {c['seeds']} seeds; {payload['n_train']} train / "
       f"{payload['n_test']} test digits; residual CNN width {c['width']}, "
       f"{c['blocks']} blocks, {c['epochs']} epochs of batch {c['batch']} "
-      f"({payload['steps']} steps); {payload['elapsed_s']:.0f} s on "
-      f"{payload['machine']}.")
-  lines += ["", f"Data: {payload['data']}."]
+      f"({payload['steps']} steps); {payload['elapsed_s']:.0f} s.")
   return "\n".join(lines) + "\n"
 
 
-def plot(payload, path):
+def plot(payload):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   res = payload["results"]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -301,9 +299,7 @@ def plot(payload, path):
   axes[1].set_xlabel("epoch")
   axes[1].set_ylabel("train cross-entropy (mean over seeds)")
   axes[1].set_title("training loss")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def main(argv=None):

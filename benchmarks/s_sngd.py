@@ -198,11 +198,10 @@ def markdown_table(payload):
       lines.append(
           f"| {kind} | {name} | {_final(res, 'train_loss')} |"
           f" {_final(res, 'test_acc')} | {best.mean():.4f} |")
-  lines += ["", f"Data: {cfg['data']}.", "", f"Ran on: {cfg['machine']}."]
   return "\n".join(lines) + "\n"
 
 
-def plot(payload, path):
+def plot(payload):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   kinds = list(payload["results"])
@@ -223,9 +222,7 @@ def plot(payload, path):
     axes[0][col].legend(fontsize=7)
   fig.suptitle("SNGD (constant α) vs S-SNGD schedules vs stagewise SGD,"
                f" batch {payload['config']['batch']}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def main(argv=None):

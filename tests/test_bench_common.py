@@ -82,12 +82,23 @@ def test_quick_and_partial_runs_never_write_into_results(common, tmp_path):
 
 
 def test_write_results_writes_json_markdown_and_figures(common, tmp_path):
+  import matplotlib.pyplot as plt
+
   drawn = []
-  paths = common.write_results(
-      tmp_path, "b", {"a": [1, 2.5]}, "| x |",
-      {"b.png": lambda payload, path: drawn.append((payload, path))})
+
+  def draw(payload):
+    drawn.append(payload)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    return fig
+
+  payload = {"config": {"data": "some digits", "machine": "a CPU"}, "a": [1, 2.5]}
+  paths = common.write_results(tmp_path, "b", payload, "| x |", {"b.png": draw})
   assert [p.name for p in paths] == ["b.json", "b.md", "b.png"]
-  assert (tmp_path / "b.md").read_text() == "| x |\n"
-  assert drawn == [({"a": [1, 2.5]}, tmp_path / "b.png")]
+  assert (tmp_path / "b.md").read_text() == "| x |\n\nData: some digits.\n\nRan on: a CPU.\n"
+  assert drawn == [payload] and (tmp_path / "b.png").stat().st_size > 0
+  assert not plt.get_fignums()  # closed after saving
+  common.write_results(tmp_path, "c", {"machine": "m"}, "t\n")  # top-level keys
+  assert (tmp_path / "c.md").read_text() == "t\n\nRan on: m.\n"
   assert "CPU x" in common.machine_info()
   assert common.machine_info(", 8 devices").endswith("8 devices")
