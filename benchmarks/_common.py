@@ -92,8 +92,8 @@ def load_digits(images: bool = False, val_fraction: float = 0.0,
   Returns:
     A :class:`Digits`.
   """
-  from sklearn import datasets  # pylint: disable=import-outside-toplevel
-  from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+  from sklearn import datasets
+  from sklearn.model_selection import train_test_split
 
   digits = datasets.load_digits()
   x = (digits.images / 16.0).astype(np.float32)[..., None]
@@ -365,9 +365,9 @@ def write_results(out_dir, name: str, payload: dict, markdown: str,
   paths[0].write_text(json.dumps(payload, indent=1))
   paths[1].write_text(markdown.rstrip("\n") + "\n" + _provenance(payload))
   for filename, draw in (figures or {}).items():
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
     fig = draw(payload)
     fig.tight_layout()
     fig.savefig(out / filename, dpi=110)

@@ -103,7 +103,7 @@ def compare(res, base, norm):
 
 
 def plot(result):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
 
   res = result["methods"]
   cfg = result["config"]

@@ -132,7 +132,7 @@ CLAIMS = [
 
 
 def plot(result):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
 
   res = result["methods"]
   epochs = np.arange(1, result["config"]["epochs"] + 1)

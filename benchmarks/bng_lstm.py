@@ -207,7 +207,7 @@ def compute_claims(result):
 
 
 def plot(result):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
 
   lengths = list(result["runs"])
   fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4.5),

@@ -145,7 +145,7 @@ def markdown_table(payload):
 
 
 def plot(payload):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
 
   depths = list(payload["results"])
   steps = payload["steps"]

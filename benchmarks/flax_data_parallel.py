@@ -171,7 +171,7 @@ def train(args):
 
 
 def plot(result):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
 
   h = result["history"]
   ep = [r["epoch"] for r in h]

@@ -210,7 +210,7 @@ def make_run(opt_name, bn_softmax, data, cfg):
 
 
 def run(cfg, quick, quiet=False):
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm
   data = load_data(quick)
   seeds = jnp.arange(cfg["seeds"])
   results, cache = {}, {}
@@ -274,7 +274,7 @@ def table(payload):
 
 
 def plot(payload):
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
   res = payload["results"]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for o in OPTIMIZERS:

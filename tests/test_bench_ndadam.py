@@ -39,7 +39,7 @@ def test_quick_writes_json_table_and_plot(quick):
 
 def test_quick_never_writes_into_the_committed_results(quick):
   mod = quick[0]
-  results = mod._common.RESULTS_DIR  # pylint: disable=protected-access
+  results = mod._common.RESULTS_DIR
   with pytest.raises(SystemExit):  # refused before anything runs
     mod.main(["--quick", "--out", str(results)])
 
