@@ -15,7 +15,7 @@ import normopt
 
 _BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
 sys.path.insert(0, os.path.abspath(_BENCH))
-import step_overhead  # noqa: E402  pylint: disable=g-import-not-at-top
+import step_overhead  # noqa: E402
 
 # A subset keeps this test to a few dozen small compiles; the full benchmark
 # covers every optimizer.
