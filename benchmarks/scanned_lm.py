@@ -478,9 +478,11 @@ def run(cfg, lr, timing=True, quiet=False):
       "loadavg_start": _loadavg(),
       "note": "shared 2-core CPU, other jobs running (see loadavg)",
   }
-  results = train_all(cfg, data, optimizers, quiet)
-  t_train = time.perf_counter() - t_start
+  # Timing first: it is short, and a failure there costs no training run.
   timing_res = measure_timing(cfg, data, optimizers, quiet) if timing else None
+  t_train = time.perf_counter()
+  results = train_all(cfg, data, optimizers, quiet)
+  t_train = time.perf_counter() - t_train
   meta["loadavg_end"] = _loadavg()
   scanned, _ = make_models(cfg, len(data[2]))
   n_params = sum(x.size for x in jax.tree.leaves(
@@ -531,6 +533,19 @@ def markdown_table(payload):
         f"| {name} | {lr:g} | {r['final_train_loss_mean']:.3f} ±"
         f" {r['final_train_loss_std']:.3f} | {r['final_val_loss_mean']:.3f} ±"
         f" {r['final_val_loss_std']:.3f} |")
+  ref = payload["results"].get("adam_ng(stacked)")
+  if ref is not None:
+    lines += ["", "Paired final differences (same initial weights and batches"
+              " per seed), minus adam_ng(stacked):"]
+    for name, r in payload["results"].items():
+      if r is ref:
+        continue
+      cells = []
+      for key in ("final_train_loss", "final_val_loss"):
+        d = np.asarray(r[key]) - np.asarray(ref[key])
+        cells.append(f"{key[6:]} {d.mean():+.3f} ± {d.std():.3f} (per seed"
+                     f" {', '.join(f'{x:+.3f}' for x in d)})")
+      lines.append(f"- {name}: " + "; ".join(cells) + ".")
   t = payload["timing"]
   if t:
     lines += [
@@ -574,7 +589,8 @@ def plot(payload, path):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   cfg = payload["config"]
   steps = np.asarray(payload["steps"])
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+  ref = payload["results"].get("adam_ng(stacked)")
   for name, r in payload["results"].items():
     color = COLORS.get(name, "k")
     for ax, key in ((axes[0], "train_loss"), (axes[1], "val_loss")):
@@ -586,6 +602,13 @@ def plot(payload, path):
     layers = np.arange(ch.shape[1])
     axes[2].errorbar(layers, ch.mean(0), yerr=ch.std(0), color=color,
                      marker="o", ms=3, capsize=2, label=name)
+    if ref is not None and r is not ref:
+      # Paired over seeds: same initial weights and batches.
+      d = np.asarray(r["val_loss"]) - np.asarray(ref["val_loss"])
+      mean, std = d.mean(0), d.std(0)
+      axes[3].plot(steps, mean, color=color, label=f"{name} − stacked")
+      axes[3].fill_between(steps, mean - std, mean + std, color=color,
+                           alpha=0.2)
   for ax, title in ((axes[0], "train loss (fixed windows)"),
                     (axes[1], "validation loss")):
     ax.set_xlabel("step")
@@ -599,6 +622,11 @@ def plot(payload, path):
   axes[2].set_ylabel("‖θ_l(end) − θ_l(0)‖")
   axes[2].set_title("how far each layer moved")
   axes[2].legend(fontsize=8)
+  axes[3].axhline(0.0, color="gray", lw=0.5)
+  axes[3].set_xlabel("step")
+  axes[3].set_ylabel("Δ validation loss (nats / char)")
+  axes[3].set_title("paired difference to adam_ng(stacked)")
+  axes[3].legend(fontsize=8)
   fig.suptitle(
       f"Char LM, {cfg['layers']} scanned blocks (d {cfg['d_model']}): mean ±"
       f" std over {cfg['seeds']} seeds")
