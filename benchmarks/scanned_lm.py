@@ -61,7 +61,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import normopt  # pylint: disable=wrong-import-position
+import normopt
 
 STACK = "layers"  # the key the scanned blocks live under
 
@@ -106,7 +106,7 @@ def make_optimizers(lr=None):
 
 def load_text(val_fraction=0.1):
   """pydoc topics joined in sorted key order; last ``val_fraction`` is val."""
-  from pydoc_data.topics import topics  # pylint: disable=import-outside-toplevel
+  from pydoc_data.topics import topics
   text = "\n\n".join(topics[k] for k in sorted(topics))
   vocab = sorted(set(text))
   table = {c: i for i, c in enumerate(vocab)}
@@ -249,7 +249,7 @@ def make_chunk(model, tx, context, xla_options=None):
 
 
 def train_all(cfg, data, optimizers, quiet=False):
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm
   train_ids, val_ids, vocab = data
   scanned, _ = make_models(cfg, len(vocab))
   ids_tr, ids_va = jnp.asarray(train_ids), jnp.asarray(val_ids)
@@ -410,7 +410,7 @@ def measure_timing(cfg, data, optimizers, quiet=False):
   t1 = variants[keys[0]].run(2)
   inner = max(1, math.ceil(cfg["min_time"] / t1))
   step_s = {k: [] for k in keys}
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm
   for r in tqdm(range(cfg["timing_reps"]), desc="step time", disable=quiet):
     for k in (keys if r % 2 == 0 else keys[::-1]):
       step_s[k].append(variants[k].run(inner))
@@ -465,7 +465,7 @@ def _loadavg():
 
 def run(cfg, lr, timing=True, quiet=False):
   t_start = time.perf_counter()
-  import flax  # pylint: disable=import-outside-toplevel
+  import flax
   data = load_text()
   optimizers = make_optimizers(lr)
   meta = {
@@ -584,9 +584,9 @@ COLORS = {"adam": "tab:blue", "adam_ng(stacked)": "tab:red",
 
 
 def plot(payload, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
   cfg = payload["config"]
   steps = np.asarray(payload["steps"])
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
