@@ -326,7 +326,10 @@ def verdict(diff, noise, lower_is_better=True):
 # Output
 
 def machine_info(extra: str = "") -> str:
-  """One line: CPU, core count, load at the start, jax and its backend."""
+  """One line: CPU, core count, load at the start, the package versions that
+  decide the numbers (jax, jaxlib, optax, flax, numpy) and the backend."""
+  from importlib import metadata
+
   dev = jax.devices()[0]
   backend = jax.default_backend()
   kind = "" if backend == "cpu" else f" {dev.device_kind} x{jax.device_count()}"
@@ -334,8 +337,14 @@ def machine_info(extra: str = "") -> str:
     load = f", load {os.getloadavg()[0]:.1f} at start"
   except OSError:
     load = ""
+  versions = []
+  for pkg in ("jax", "jaxlib", "optax", "flax", "numpy"):
+    try:
+      versions.append(f"{pkg} {metadata.version(pkg)}")
+    except metadata.PackageNotFoundError:
+      pass
   return (f"{platform.machine()} CPU x{os.cpu_count()}{load} "
-          f"(jax {jax.__version__}, {backend}{kind}){extra}")
+          f"({', '.join(versions)}, {backend}{kind}){extra}")
 
 
 def _provenance(payload: dict) -> str:

@@ -101,4 +101,7 @@ def test_write_results_writes_json_markdown_and_figures(common, tmp_path):
   common.write_results(tmp_path, "c", {"machine": "m"}, "t\n")  # top-level keys
   assert (tmp_path / "c.md").read_text() == "t\n\nRan on: m.\n"
   assert "CPU x" in common.machine_info()
+  from importlib import metadata
+  for pkg in ("jax", "optax", "flax", "numpy"):  # the versions behind the numbers
+    assert f"{pkg} {metadata.version(pkg)}" in common.machine_info()
   assert common.machine_info(", 8 devices").endswith("8 devices")
