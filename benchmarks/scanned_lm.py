@@ -43,10 +43,8 @@ The full run writes ``benchmarks/results/scanned_lm.{json,md,png}``; a
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import platform
@@ -60,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common
 import normopt
 
 STACK = "layers"  # the key the scanned blocks live under
@@ -298,8 +296,7 @@ def train_all(cfg, data, optimizers, quiet=False):
     for key in ("train_loss", "val_loss"):
       v = np.asarray(res[key])[:, -1]
       res[f"final_{key}"] = v.tolist()
-      res[f"final_{key}_mean"] = float(v.mean())
-      res[f"final_{key}_std"] = float(v.std())
+      res[f"final_{key}_mean"], res[f"final_{key}_std"] = _common.mean_std(v)
     results[name] = res
   bar.close()
   return results
@@ -493,6 +490,7 @@ def run(cfg, lr, timing=True, quiet=False):
                      optimizers=list(optimizers), stack_key=STACK,
                      n_params=int(n_params), vocab=len(data[2]),
                      n_train_chars=len(data[0]), n_val_chars=len(data[1]),
+                     machine=_common.machine_info(),
                      data="pydoc_data.topics (CPython help texts), values "
                      "joined in sorted key order; last 10% of characters "
                      "is the validation split",
@@ -543,7 +541,8 @@ def markdown_table(payload):
       cells = []
       for key in ("final_train_loss", "final_val_loss"):
         d = np.asarray(r[key]) - np.asarray(ref[key])
-        cells.append(f"{key[6:]} {d.mean():+.3f} ± {d.std():.3f} (per seed"
+        d_mean, d_std = _common.mean_std(d)
+        cells.append(f"{key[6:]} {d_mean:+.3f} ± {d_std:.3f} (per seed"
                      f" {', '.join(f'{x:+.3f}' for x in d)})")
       lines.append(f"- {name}: " + "; ".join(cells) + ".")
   t = payload["timing"]
@@ -583,10 +582,10 @@ COLORS = {"adam": "tab:blue", "adam_ng(stacked)": "tab:red",
           "adam_ng": "tab:orange"}
 
 
-def plot(payload, path):
-  import matplotlib
-  matplotlib.use("Agg")
+def plot(payload):
+  """The figure: loss curves, per-layer motion and paired differences."""
   import matplotlib.pyplot as plt
+
   cfg = payload["config"]
   steps = np.asarray(payload["steps"])
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
@@ -594,18 +593,18 @@ def plot(payload, path):
   for name, r in payload["results"].items():
     color = COLORS.get(name, "k")
     for ax, key in ((axes[0], "train_loss"), (axes[1], "val_loss")):
-      v = np.asarray(r[key])
-      mean, std = v.mean(0), v.std(0)
+      mean, std = _common.mean_std(r[key], axis=0)
       ax.plot(steps, mean, color=color, label=name)
       ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
     ch = np.asarray(r["layer_change_norm"])
     layers = np.arange(ch.shape[1])
-    axes[2].errorbar(layers, ch.mean(0), yerr=ch.std(0), color=color,
+    ch_mean, ch_std = _common.mean_std(ch, axis=0)
+    axes[2].errorbar(layers, ch_mean, yerr=ch_std, color=color,
                      marker="o", ms=3, capsize=2, label=name)
     if ref is not None and r is not ref:
       # Paired over seeds: same initial weights and batches.
       d = np.asarray(r["val_loss"]) - np.asarray(ref["val_loss"])
-      mean, std = d.mean(0), d.std(0)
+      mean, std = _common.mean_std(d, axis=0)
       axes[3].plot(steps, mean, color=color, label=f"{name} − stacked")
       axes[3].fill_between(steps, mean - std, mean + std, color=color,
                            alpha=0.2)
@@ -630,33 +629,21 @@ def plot(payload, path):
   fig.suptitle(
       f"Char LM, {cfg['layers']} scanned blocks (d {cfg['d_model']}): mean ±"
       f" std over {cfg['seeds']} seeds")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny run (seconds) for tests")
-  parser.add_argument("--out", default=None,
-                      help="output folder (default benchmarks/results; "
-                      "required with --quick or any override)")
+  parser = _common.make_parser(__doc__)
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--seeds", type=int, default=None)
   parser.add_argument("--lr-adam", type=float, default=None)
   parser.add_argument("--lr-ng", type=float, default=None)
   parser.add_argument("--no-timing", action="store_true",
                       help="skip the compile/step-time measurement")
-  parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
-  partial = (args.steps or args.seeds or args.lr_adam or args.lr_ng
-             or args.no_timing)
-  if args.out is None and (args.quick or partial):
-    parser.error("--quick and overrides never write to benchmarks/results:"
-                 " pass --out")
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "results")
+  partial = bool(args.steps or args.seeds or args.lr_adam or args.lr_ng
+                 or args.no_timing)
+  out = _common.output_dir(parser, args, "scanned_lm", partial)
   cfg = dict(QUICK if args.quick else FULL)
   if args.steps:
     cfg["steps"] = args.steps
@@ -669,17 +656,17 @@ def main(argv=None):
     lr["adam_ng"] = args.lr_ng
   payload = run(cfg, lr, timing=not args.no_timing, quiet=args.quiet)
   payload["quick"] = args.quick
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "scanned_lm.json"), "w") as f:
-    json.dump(payload, f, indent=1)
-  table = markdown_table(payload)
-  with open(os.path.join(out, "scanned_lm.md"), "w") as f:
-    f.write("# Scanned layers: char LM\n\n" + table)
-  plot(payload, os.path.join(out, "scanned_lm.png"))
-  print(table)
-  print(f"wrote {out}/scanned_lm.{{json,md,png}} in "
-        f"{payload['elapsed_s']:.0f} s")
+  write(out, payload)
   return 0
+
+
+def write(out, payload):
+  """The JSON, the markdown table and the plot, through the shared writer."""
+  table = markdown_table(payload)
+  _common.write_results(out, "scanned_lm", payload,
+                        "# Scanned layers: char LM\n\n" + table,
+                        {"scanned_lm.png": plot})
+  print(table)
 
 
 if __name__ == "__main__":

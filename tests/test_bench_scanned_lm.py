@@ -1,10 +1,8 @@
 """benchmarks/scanned_lm.py: quick run, its outputs, and the scanned model."""
 
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,17 +16,9 @@ SCRIPT = ROOT / "benchmarks" / "scanned_lm.py"
 NAMES = ["adam", "adam_ng(stacked)", "adam_ng"]
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("scanned_lm_bench", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod  # flax modules are dataclasses: need it there
-  spec.loader.exec_module(mod)
-  return mod
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  mod = _load()
+def quick(tmp_path_factory, load_bench):
+  mod = load_bench("scanned_lm")
   out = tmp_path_factory.mktemp("scanned_lm")
   assert mod.main(["--quick", "--out", str(out), "--quiet"]) == 0
   with open(out / "scanned_lm.json") as f:
@@ -106,9 +96,10 @@ def test_quick_timing_ratios(quick):
   assert len(t["step_s"]["scanned/adam"]) == payload["config"]["timing_reps"]
 
 
-def test_quick_needs_out(quick):
+def test_quick_and_partial_runs_never_write_into_results(quick):
   mod = quick[0]
-  for argv in (["--quick"], ["--steps", "3"]):
+  results = str(ROOT / "benchmarks" / "results")
+  for argv in (["--quick", "--out", results], ["--steps", "3", "--out", results]):
     with pytest.raises(SystemExit):
       mod.main(argv)
 
