@@ -168,15 +168,15 @@ def _moments_update(
       v_new = second_moment(gt, v, b2)
       root = eps_root
     if nesterov:
-      m_eff = b1 * (m_new / bc1_next.astype(m_new.dtype)) + (1 - b1) * (
+      m_hat = b1 * (m_new / bc1_next.astype(m_new.dtype)) + (1 - b1) * (
           s / bc1.astype(s.dtype)
       )
-      u = adam_direction(m_eff, v_new, jnp.ones_like(bc1), bc2, eps, root)
     else:
-      m_eff = m_new / bc1.astype(m_new.dtype)
-      u = adam_direction(m_new, v_new, bc1, bc2, eps, root)
+      m_hat = m_new / bc1.astype(m_new.dtype)
+    # m_hat is bias-corrected already: a correction of 1 leaves it as is.
+    u = adam_direction(m_hat, v_new, jnp.ones_like(bc1), bc2, eps, root)
     if kind == "radam":
-      u = jnp.where(rectify, r.astype(m_eff.dtype) * u, m_eff)
+      u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
     if kind == "diffgrad":
       u = jax.nn.sigmoid(jnp.abs(gp - gt)) * u
       gp = gt.astype(jnp.result_type(gp))

@@ -29,6 +29,12 @@ Zero vectors: ``ŵ`` of a zero vector is taken as 0 (no projection), a zero
 gradient gives a zero update, and if ``w + u`` is zero the retraction leaves
 ``w`` where it is (update 0). Nothing returns NaN or Inf for finite input.
 
+Stacked (scanned) layers: with ``stacked=`` (``None``, a callable
+``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a pytree
+prefix of ints; see :mod:`normopt.blocks`), the default vectors of a stacked
+leaf are those of each slice, and a ``vector_axes`` callable may not return a
+stacked axis: no vector spans layers.
+
 ``axis_name``: inside ``shard_map``/``pmap`` (or a named ``vmap``) with leaves
 sharded along the axes a vector spans, the partial dot products and squared
 norms are ``psum``-med over that axis.
@@ -177,11 +183,8 @@ def normalize_vectors(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
-    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
-      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
-      pytree prefix of ints (see :mod:`normopt.blocks`). The default
-      vectors of a stacked leaf are those of each slice; none spans a
-      stacked axis.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.spherical` and :mod:`normopt.blocks`).
 
   Returns:
     A pytree like ``params``, each leaf of its original dtype.
@@ -226,11 +229,8 @@ def spherical_project(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
-    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
-      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
-      pytree prefix of ints (see :mod:`normopt.blocks`). The default
-      vectors of a stacked leaf are those of each slice; none spans a
-      stacked axis.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.spherical` and :mod:`normopt.blocks`).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -316,11 +316,8 @@ def scale_by_vector_adam(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
-    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
-      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
-      pytree prefix of ints (see :mod:`normopt.blocks`). The default
-      vectors of a stacked leaf are those of each slice; none spans a
-      stacked axis.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.spherical` and :mod:`normopt.blocks`).
     mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:
@@ -398,11 +395,8 @@ def spherical_retract(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
-    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
-      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
-      pytree prefix of ints (see :mod:`normopt.blocks`). The default
-      vectors of a stacked leaf are those of each slice; none spans a
-      stacked axis.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.spherical` and :mod:`normopt.blocks`).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -533,11 +527,8 @@ def nd_adam_transform(
     vector_axes: ``None`` (the ``"unit"`` rule) or a callable
       ``(path, leaf) -> axes | None`` (see :mod:`normopt.spherical`).
     axis_name: mapped axis across which the vectors are sharded.
-    stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
-      ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
-      pytree prefix of ints (see :mod:`normopt.blocks`). The default
-      vectors of a stacked leaf are those of each slice; none spans a
-      stacked axis.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.spherical` and :mod:`normopt.blocks`).
     mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:

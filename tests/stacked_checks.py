@@ -213,8 +213,7 @@ def _grads_seq(rng):
 def run_unrolled(cases, params0, grads):
   txs = {n: c["unrolled"] for n, c in cases.items()}
   params = {n: unroll(_params(c, params0)) for n, c in cases.items()}
-  g = {"_": jax.tree.map(lambda x: jnp.moveaxis(x, 0, 0), _unroll_seq(grads))}
-  return jax.jit(functools.partial(_train, txs))(params, g)
+  return jax.jit(functools.partial(_train, txs))(params, {"_": _unroll_seq(grads)})
 
 
 def _unroll_seq(grads):
