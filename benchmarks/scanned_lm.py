@@ -80,21 +80,18 @@ LR = {"adam": 1e-3, "adam_ng": 1e-3}
 
 
 def _stacked():
-  """``stacked=`` for the scanned model, or None before normopt has it."""
-  if hasattr(normopt, "stacked_under"):
-    return normopt.stacked_under(STACK)
-  return None
+  """``stacked=`` for the scanned model: one stack axis under ``STACK``."""
+  return normopt.stacked_under(STACK)
 
 
 def make_optimizers(lr=None):
   """name -> zero-argument factory of the optax optimizer."""
   lr = dict(LR, **(lr or {}))
-  opts = {"adam": lambda: optax.adam(lr["adam"])}
-  if hasattr(normopt, "stacked_under"):
-    opts["adam_ng(stacked)"] = lambda: normopt.adam_ng(
-        lr["adam_ng"], stacked=_stacked())
-  opts["adam_ng"] = lambda: normopt.adam_ng(lr["adam_ng"])
-  return opts
+  return {
+      "adam": lambda: optax.adam(lr["adam"]),
+      "adam_ng(stacked)": lambda: normopt.adam_ng(lr["adam_ng"], stacked=_stacked()),
+      "adam_ng": lambda: normopt.adam_ng(lr["adam_ng"]),
+  }
 
 
 # ----------------------------------------------------------------------------
