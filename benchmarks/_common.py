@@ -10,8 +10,14 @@ claims, tables, plots); this module holds, once:
   another;
 * :func:`make_vmapped_run`: a whole training run of a plain-JAX model in one
   ``jit``, seeds ``vmap``-ed, curves evaluated every ``eval_every`` steps;
-* :func:`mean_std`, :func:`diff_se`, :func:`verdict`: one convention for
-  "mean ± std over seeds" (sample std, ``ddof=1``) and for claim verdicts;
+* :func:`make_flax_vmapped_run`: the same for a Flax Linen model with
+  BatchNorm: every epoch of every (step size, seed) in one ``jit(vmap)``;
+* the tuning protocol (:func:`log_grid`, :func:`selection_split`,
+  :func:`tune_lr`, :data:`SELECT_SEEDS`, :data:`FINAL_SEEDS`): every
+  optimizer at its own step size, chosen on a validation split;
+* :func:`mean_std`: "mean ± std over seeds" (sample std, ``ddof=1``);
+  :func:`paired_ci` and :func:`claim`: the ONE verdict rule
+  (:data:`VERDICT_RULE`) of every paper claim;
 * :func:`machine_info`, :func:`write_results`: where and how a run ran, and
   its JSON + markdown (+ figures);
 * :func:`make_parser`, :func:`output_dir`: the CLI, with ONE ``--quick``
@@ -230,21 +236,41 @@ def train_flax(model, tx, data: Digits, batch_size: int, epochs: int,
 CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
+def _as_factory(tx):
+  """``tx`` itself as a ``lr -> tx`` factory that ignores ``lr``, or ``tx``."""
+  if isinstance(tx, optax.GradientTransformation):
+    return lambda lr: tx
+  return tx
+
+
+def _stack_configs(lrs, seeds):
+  """Flattened ``(lr, seed)`` pairs, lr-major, and a reshape back."""
+  lrs = [1.0] if lrs is None else list(lrs)
+  pairs = [(lr, s) for lr in lrs for s in seeds]
+  return pairs, (len(lrs), len(seeds))
+
+
 def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
                      metrics_fn: Callable, data: Digits, steps: int,
                      eval_every: int, batch: int):
-  """``run(seeds) -> curves``: one training run per seed, all in one jit(vmap).
+  """``run(seeds, lrs=None) -> curves``: training runs in one jit(vmap).
 
-  ``init_params(numpy Generator) -> params``; ``loss_fn(params, x, y)`` is
-  differentiated; ``metrics_fn(params, x, y) -> (loss, accuracy)`` is
-  evaluated on the whole train and test sets before training and every
-  ``eval_every`` steps. Initial parameters and batch order (a fresh
-  permutation per epoch) come from ``np.random.default_rng(seed)``, outside
-  the jitted function: random permutations inside jit dominate compile time
-  on CPU. Every step is inside one ``lax.scan``: one compile per call of
-  this function. ``curves`` has shape ``(seeds, steps // eval_every + 1, 4)``
-  in the order of :data:`CURVES`.
+  ``tx`` is an optax transformation, or a factory ``lr -> transformation``
+  (``lr`` a traced scalar: every step size of a grid runs in the same
+  compiled program). ``init_params(numpy Generator) -> params``;
+  ``loss_fn(params, x, y)`` is differentiated; ``metrics_fn(params, x, y) ->
+  (loss, accuracy)`` is evaluated on the whole train and test sets before
+  training and every ``eval_every`` steps. Initial parameters and batch
+  order (a fresh permutation per epoch) come from
+  ``np.random.default_rng(seed)``, outside the jitted function: random
+  permutations inside jit dominate compile time on CPU; the same seed gives
+  every step size and every optimizer the same initialization and batch
+  order (paired runs). Every step is inside one ``lax.scan``: one compile per
+  call of this function. ``curves`` has shape ``(seeds, steps // eval_every +
+  1, 4)`` in the order of :data:`CURVES`, or ``(lrs, seeds, ...)`` when
+  ``lrs`` is given.
   """
+  make_tx = _as_factory(tx)
   xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
   n = xtr.shape[0]
@@ -254,7 +280,9 @@ def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
   def evaluate(params):
     return jnp.stack([*metrics_fn(params, xtr, ytr), *metrics_fn(params, xte, yte)])
 
-  def one_seed(params, idx):
+  def one_run(params, idx, lr):
+    tx = make_tx(lr)
+
     def step(carry, b):
       params, state = carry
       grads = jax.grad(loss_fn)(params, xtr[b], ytr[b])
@@ -268,20 +296,105 @@ def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
     _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
     return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
 
-  train = jax.jit(jax.vmap(one_seed))
+  train = jax.jit(jax.vmap(one_run))
 
-  def run_seeds(seeds):
+  def run(seeds, lrs=None):
+    pairs, shape = _stack_configs(lrs, seeds)
     inits, orders = [], []
-    for seed in seeds:
+    for _, seed in pairs:
       rng = np.random.default_rng(seed)
       inits.append(init_params(rng))
       order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
       orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
     params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-    return np.asarray(train(params, jnp.asarray(np.stack(orders), jnp.int32)),
-                      np.float64)
+    out = np.asarray(train(params, jnp.asarray(np.stack(orders), jnp.int32),
+                           jnp.asarray([lr for lr, _ in pairs], jnp.float32)),
+                     np.float64)
+    return out if lrs is None else out.reshape(shape + out.shape[1:])
 
-  return run_seeds
+  return run
+
+
+def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
+                          epochs: int, step_metrics: Callable = _loss_only,
+                          evaluate: Callable = accuracy):
+  """``run(seeds, lrs=None) -> FlaxRun``: a BatchNorm model, all in one jit(vmap).
+
+  The vmapped counterpart of :func:`train_flax` (same loss, same epoch
+  structure): ``tx`` is an optax transformation or a factory ``lr ->
+  transformation``; every (step size, seed) pair trains in one compiled
+  program, every epoch of it in one ``lax.scan``. The seed sets the weight
+  initialization (``jax.random.PRNGKey(seed)``) and the batch order (a fresh
+  NumPy permutation per epoch, made outside jit), the same for every step
+  size and optimizer. ``evaluate(logits, labels)`` runs on ``data.x_test``
+  after every epoch (pass :func:`selection_split` data to evaluate on the
+  validation split). Returns a :class:`FlaxRun` whose arrays lead with
+  ``(seeds, ...)``, or ``(lrs, seeds, ...)`` when ``lrs`` is given;
+  ``seconds`` covers compilation and every run.
+  """
+  make_tx = _as_factory(tx)
+  x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+  n = x_tr.shape[0]
+  steps = n // batch_size
+
+  def loss_fn(params, stats, x, y):
+    logits, new = model.apply(
+        {"params": params, "batch_stats": stats}, x, train=True,
+        mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, new["batch_stats"]
+
+  def one_run(seed, order, lr):
+    tx = make_tx(lr)
+    variables = model.init(jax.random.PRNGKey(seed), x_tr[:2], train=False)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def step(carry, idx):
+      params, stats, opt_state = carry
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, stats, x_tr[idx], y_tr[idx])
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, stats, opt_state), step_metrics(loss, grads, opt_state)
+
+    def epoch(carry, idx_epoch):
+      carry, per_step = jax.lax.scan(step, carry, idx_epoch)
+      params, stats, _ = carry
+      logits = model.apply(
+          {"params": params, "batch_stats": stats}, x_te, train=False)
+      return carry, (per_step, evaluate(logits, y_te))
+
+    _, (per_step, evaluation) = jax.lax.scan(
+        epoch, (params, stats, tx.init(params)), order)
+    return per_step, evaluation
+
+  train = jax.jit(jax.vmap(one_run))
+
+  def run(seeds, lrs=None):
+    pairs, shape = _stack_configs(lrs, seeds)
+    orders = []
+    for _, seed in pairs:
+      rng = np.random.default_rng(seed)
+      orders.append(np.stack([rng.permutation(n)[: steps * batch_size]
+                              .reshape(steps, batch_size) for _ in range(epochs)]))
+    t0 = time.perf_counter()
+    per_step, evaluation = train(
+        jnp.asarray([s for _, s in pairs], jnp.uint32),
+        jnp.asarray(np.stack(orders), jnp.int32),
+        jnp.asarray([lr for lr, _ in pairs], jnp.float32))
+    lead = shape if lrs is not None else shape[1:]
+    fix = lambda a: np.asarray(a).reshape(lead + a.shape[1:])
+    per_step = jax.tree.map(fix, per_step)  # (..., epochs, steps, ...)
+    evaluation = jax.tree.map(fix, evaluation)
+    k = len(lead)
+    flat = jax.tree.map(
+        lambda a: a.reshape(a.shape[:k] + (-1,) + a.shape[k + 2:]), per_step)
+    per_epoch = jax.tree.map(lambda a: a.mean(axis=k + 1), per_step)
+    return FlaxRun(per_epoch=per_epoch, per_step=flat, evaluation=evaluation,
+                   seconds=time.perf_counter() - t0)
+
+  return run
 
 
 def curves_dict(curves):
@@ -320,6 +433,144 @@ def verdict(diff, noise, lower_is_better=True):
   d = -diff if lower_is_better else diff
   noise = max(noise, 1e-12)
   return "holds" if d > noise else "does not hold" if d < -noise else "within noise"
+
+
+# ---------------------------------------------------------------------------
+# Tuning protocol: every optimizer at its own step size
+
+#: Seeds of the step-size selection runs (validation split).
+SELECT_SEEDS = (1000, 1001)
+#: Fresh seeds of the reported runs at the chosen step size (test split).
+FINAL_SEEDS = (0, 1, 2, 3, 4)
+#: Ratio between neighbouring step sizes of a grid.
+GRID_STEP = math.sqrt(10.0)
+#: The validation split carved from the training set for selection.
+VAL_FRACTION = 0.2
+
+TUNING_RULE = (
+    f"Each optimizer gets its own step size: a log grid of at least 5 values "
+    f"about sqrt(10) apart, run with {len(SELECT_SEEDS)} seeds on a "
+    f"{VAL_FRACTION:.0%} validation split carved from the training set; the "
+    f"step size with the lowest mean final validation loss (a diverged run "
+    f"counts as infinite) is chosen, and the grid is widened while the choice "
+    f"is at its edge. {len(FINAL_SEEDS)} fresh seeds then train at the chosen "
+    f"step size on the whole training set; only those runs are reported, on "
+    f"the test set. Every optimizer of a comparison gets the same number of "
+    f"steps.")
+
+
+def log_grid(center: float, n: int = 5, step: float = GRID_STEP) -> list[float]:
+  """``n`` step sizes ``step`` apart in log space, centred on ``center``.
+
+  >>> [float(f"{x:.3g}") for x in log_grid(1e-3)]
+  [0.0001, 0.000316, 0.001, 0.00316, 0.01]
+  """
+  return [_round_lr(center * step ** (k - (n - 1) / 2)) for k in range(n)]
+
+
+def _round_lr(lr: float) -> float:
+  """Four significant digits: readable in JSON, the grid ratio kept."""
+  return float(f"{lr:.4g}")
+
+
+def selection_split(data: Digits) -> Digits:
+  """Data for step-size selection: train on the train split minus the
+  validation split, "test" on the validation split (the test set unseen)."""
+  if data.x_val is None:
+    raise ValueError("selection_split needs data loaded with val_fraction > 0")
+  return data._replace(x_test=data.x_val, y_test=data.y_val,
+                       x_val=None, y_val=None)
+
+
+def tune_lr(evaluate: Callable, grid: Sequence[float],
+            seeds: Sequence[int] = SELECT_SEEDS, max_widen: int = 3,
+            step: float = GRID_STEP) -> dict:
+  """Chooses a step size by validation loss; widens the grid at an edge.
+
+  ``evaluate(lrs, seeds)`` trains one run per (step size, seed) on the
+  selection split and returns final validation losses, shape ``(len(lrs),
+  len(seeds))``. A non-finite loss (a diverged run) counts as ``inf``. The
+  step size with the lowest mean wins; while it is the smallest or the
+  largest one tried, one more value ``step`` beyond it is tried (at most
+  ``max_widen`` times). Returns the JSON record: ``grid`` (sorted),
+  ``val_loss`` (per step size, per seed), ``chosen``, ``interior`` (False if
+  the choice is still at an edge), ``seeds``, ``widened``.
+  """
+  seeds = list(seeds)
+  scores: dict[float, np.ndarray] = {}
+
+  def add(lrs):
+    vals = np.asarray(evaluate(list(lrs), seeds), np.float64)
+    if vals.shape != (len(lrs), len(seeds)):
+      raise ValueError(f"evaluate returned shape {vals.shape}, expected "
+                       f"{(len(lrs), len(seeds))}")
+    for lr, row in zip(lrs, vals):
+      scores[float(lr)] = np.where(np.isfinite(row), row, np.inf)
+
+  add(sorted(grid))
+  widened = 0
+  while True:
+    lrs = sorted(scores)
+    means = [float(np.mean(scores[lr])) for lr in lrs]
+    best = int(np.argmin(means))
+    interior = 0 < best < len(lrs) - 1
+    if interior or widened >= max_widen:
+      break
+    add([_round_lr(lrs[0] / step) if best == 0 else _round_lr(lrs[-1] * step)])
+    widened += 1
+  clean = lambda v: [x if math.isfinite(x) else None for x in v]
+  return {"grid": lrs, "val_loss": [clean(scores[lr].tolist()) for lr in lrs],
+          "mean_val_loss": clean(means), "chosen": lrs[best],
+          "interior": interior, "seeds": seeds, "widened": widened}
+
+
+# ---------------------------------------------------------------------------
+# The verdict rule
+
+CONFIDENCE = 0.95
+VERDICT_RULE = (
+    "A claim \"A beats B\" is judged on the paired difference A − B over the "
+    "final seeds (seed i of A and of B share the initialization and the batch "
+    "order): its mean with a two-sided 95% Student-t confidence interval. "
+    "Holds: the interval excludes 0 in the paper's direction; reversed: it "
+    "excludes 0 the other way; within noise: it contains 0.")
+
+
+def paired_ci(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+  """Mean of the paired differences ``a - b`` and its Student-t CI (lo, hi)."""
+  from scipy import stats
+
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  if d.ndim != 1 or d.size < 2:
+    raise ValueError(f"paired_ci needs two 1-D arrays of >= 2 seeds, got {d.shape}")
+  mean = float(d.mean())
+  half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)
+               * d.std(ddof=1) / math.sqrt(d.size))
+  return mean, mean - half, mean + half
+
+
+def claim(text: str, a, b, *, lower_is_better: bool = True,
+          metric: str = "", paper: str | None = None, **extra) -> dict:
+  """One claim "``a`` beats ``b``" judged by :data:`VERDICT_RULE`.
+
+  ``a`` and ``b`` are per-seed final values of the metric (same seeds, same
+  order). Returns the JSON record every benchmark writes: ``claim``,
+  ``metric``, ``diff`` (mean of ``a - b``), ``ci`` ([lo, hi]), ``n``,
+  ``lower_is_better``, ``verdict`` ("holds", "reversed" or "within noise"),
+  ``paper`` (the paper's number or statement, if known) and ``extra``.
+  """
+  mean, lo, hi = paired_ci(a, b)
+  better, worse = (hi < 0, lo > 0) if lower_is_better else (lo > 0, hi < 0)
+  v = "holds" if better else "reversed" if worse else "within noise"
+  return dict(claim=text, metric=metric, diff=mean, ci=[lo, hi],
+              n=int(np.size(a)), lower_is_better=lower_is_better, verdict=v,
+              paper=paper, **extra)
+
+
+def format_ci(c: dict, scale: float = 1.0, digits: int = 2) -> str:
+  """``+1.23 [+0.50, +1.96]``: a claim's mean difference and CI."""
+  f = lambda x: f"{scale * x:+.{digits}f}"
+  return f"{f(c['diff'])} [{f(c['ci'][0])}, {f(c['ci'][1])}]"
 
 
 # ---------------------------------------------------------------------------
