@@ -223,15 +223,16 @@ def sgd_ngadap(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
-    min_param_norm: float = 1.0,
+    min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum on ``α‖w_b‖``-scaled block directions (BNG "NG_adap").
 
   .. math::
-    \tilde g_b = \alpha \max(\|w_b\|, \rho)\, g_b/\|g_b\|, \quad
+    \tilde g_b = \alpha \|w_b\|\, g_b/\|g_b\|, \quad
     m \leftarrow \mu m + \tilde g, \quad w \leftarrow w - \eta m
 
-  See :func:`normopt.ngadap_scale` for the zero-parameter rule (``ρ``).
+  The paper's rule; a block whose parameters are all zero steps by ``α``
+  instead (see :func:`normopt.ngadap_scale`).
 
   Args:
     learning_rate: step size ``η`` (float or ``optax.Schedule``).
@@ -243,7 +244,8 @@ def sgd_ngadap(
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: gradient block norms below this divide by it.
-    min_param_norm: floor ``ρ`` on the parameter norm.
+    min_param_norm: floor on the parameter norm (0: the paper's rule; an
+      ablation otherwise).
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
@@ -287,15 +289,16 @@ def adam_ngadap(
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     mu_dtype: Any = None,
-    min_param_norm: float = 1.0,
+    min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam on ``α‖w_b‖``-scaled block directions (BNG "Adam-NG_adap").
 
   .. math::
-    \tilde g_b = \alpha \max(\|w_b\|, \rho)\, g_b/\|g_b\|, \quad
+    \tilde g_b = \alpha \|w_b\|\, g_b/\|g_b\|, \quad
     u = -\eta\, \hat m(\tilde g) / (\sqrt{\hat v(\tilde g)} + \epsilon)
 
-  See :func:`normopt.ngadap_scale` for the zero-parameter rule (``ρ``).
+  The paper's rule; a block whose parameters are all zero steps by ``α``
+  instead (see :func:`normopt.ngadap_scale`).
 
   Args:
     learning_rate: step size ``η`` (float or ``optax.Schedule``).
@@ -308,7 +311,8 @@ def adam_ngadap(
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: gradient block norms below this divide by it.
-    min_param_norm: floor ``ρ`` on the parameter norm.
+    min_param_norm: floor on the parameter norm (0: the paper's rule; an
+      ablation otherwise).
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:

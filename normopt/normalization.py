@@ -88,24 +88,27 @@ def ngadap_scale(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
-    min_param_norm: float = 1.0,
+    min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each gradient block to ``alpha`` times its parameters' norm.
 
   .. math::
-    \tilde g_b = \alpha \, \max(\|w_b\|_2, \rho) \, g_b / \max(\|g_b\|_2, \epsilon)
+    \tilde g_b = \alpha \, r_b \, g_b / \max(\|g_b\|_2, \epsilon), \qquad
+    r_b = \begin{cases} \max(\|w_b\|_2, \rho) & \|w_b\|_2 > 0 \\
+                        1 & \|w_b\|_2 = 0 \end{cases}
 
   This is BNG's "NG_adap": the step taken on a block is proportional to the
   size of that block's weights, so that the relative change per step is about
   ``alpha`` times the learning rate.
 
-  Zero-parameter rule: the parameter norm is floored at ``rho =
-  min_param_norm`` (default 1.0). Without the floor a block whose parameters
-  are all zero (a zero-initialized bias with ``blocks="leaf"``) would get a
-  zero step forever, and a nearly zero one would need thousands of steps to
-  grow. With the floor such a block moves like plain NG with step ``alpha``
-  until its norm exceeds ``rho``. ``min_param_norm=0`` gives the paper's exact
-  rule (and a frozen zero block).
+  The paper's rule, by default (``rho = min_param_norm = 0``): ``r_b =
+  ‖w_b‖`` for every block whose parameters are not all zero. Only a block
+  whose parameters are all zero (a zero-initialized bias with
+  ``blocks="leaf"``) falls back to ``r_b = 1``, i.e. a plain normalized step of
+  size ``alpha``, as optax's trust ratio uses 1 where a norm is zero; without
+  the fallback such a block would never move. ``min_param_norm = rho > 0``
+  floors every parameter norm at ``rho`` (an ablation, not the paper's rule:
+  small blocks then move like plain NG with step ``alpha * rho``).
 
   Args:
     alpha: relative step size (the paper's ``α``, default 0.02).
@@ -114,7 +117,8 @@ def ngadap_scale(
     axis_name: mapped axis across which leaves are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
-    min_param_norm: floor ``rho`` on the parameter norm (see above).
+    min_param_norm: floor ``rho`` on the parameter norm; 0 (default) is the
+      paper's rule (see above).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -134,14 +138,20 @@ def ngadap_scale(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   check_blocks(blocks, "ngadap_scale")
+  if not min_param_norm >= 0:
+    raise ValueError(
+        f"ngadap_scale: min_param_norm must be >= 0, got {min_param_norm!r}")
+
+  def param_scale(wn):
+    # The paper's ‖w_b‖ (floored at rho if asked); 1 for an all-zero block.
+    return jnp.where(wn > 0, jnp.maximum(wn, min_param_norm), 1.0)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     require_params(params, "ngadap_scale")
     check_same_structure(updates, params, "ngadap_scale")
     scales = block_norm_map(
-        lambda gn, wn: alpha * jnp.maximum(wn, min_param_norm)
-        * inv_norm(gn, eps),
+        lambda gn, wn: alpha * param_scale(wn) * inv_norm(gn, eps),
         updates,
         params,
         blocks=blocks,

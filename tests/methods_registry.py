@@ -56,7 +56,7 @@ METHODS = [
     # --- blocks / BNG / SNGD (normalization.py, aliases.py)
     Method("block_normalize", normopt.block_normalize, dict(eps=1e-12)),
     Method("block_normalize_unit", functools.partial(normopt.block_normalize, blocks="unit"), dict(eps=1e-12)),
-    Method("ngadap_scale", normopt.ngadap_scale, dict(alpha=0.02, eps=1e-12, min_param_norm=1.0), True),
+    Method("ngadap_scale", normopt.ngadap_scale, dict(alpha=0.02, eps=1e-12, min_param_norm=0.0), True),
     Method("clip_block_norm", normopt.clip_block_norm, dict(max_norm=0.5)),
     Method("scale_by_adagrad_bng", normopt.scale_by_adagrad_bng, dict(delta=1e-8)),
     Method("sgd_ng", normopt.sgd_ng, dict(learning_rate=0.1, momentum=0.9)),

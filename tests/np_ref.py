@@ -52,13 +52,12 @@ def normalize(leaves, blocks, eps=1e-12):
   return [x / np.maximum(n, eps) for (_, x), n in zip(leaves, norms)]
 
 
-def ngadap(g_leaves, w_leaves, blocks, alpha, min_param_norm=1.0, eps=1e-12):
+def ngadap(g_leaves, w_leaves, blocks, alpha, min_param_norm=0.0, eps=1e-12):
+  """BNG's NG_adap: alpha ‖w_b‖ g_b/‖g_b‖; an all-zero block uses 1 for ‖w_b‖."""
   gn = block_norms(g_leaves, blocks)
   wn = block_norms(w_leaves, blocks)
-  return [
-      alpha * np.maximum(w, min_param_norm) * x / np.maximum(n, eps)
-      for (_, x), n, w in zip(g_leaves, gn, wn)
-  ]
+  r = [np.where(w > 0, np.maximum(w, min_param_norm), 1.0) for w in wn]
+  return [alpha * rb * x / np.maximum(n, eps) for (_, x), n, rb in zip(g_leaves, gn, r)]
 
 
 def clip(leaves, blocks, max_norm):

@@ -190,11 +190,41 @@ def test_ngadap_equals_base_when_grad_norm_is_alpha_w_norm():
   wn = np_ref.block_norms(np_ref.flat(params), "layer")
   grads = []
   for g in _unit_block_grads(13, "layer"):
-    grads.append(_unflatten(g, [alpha * max(n, 1.0) * x for (_, x), n in zip(np_ref.flat(g), wn)]))
+    grads.append(_unflatten(g, [alpha * n * x for (_, x), n in zip(np_ref.flat(g), wn)]))
   tx = normopt.ngadap_scale(alpha)
   for g in grads:
     u, _ = tx.update(g, tx.init(params), params)
     chex.assert_trees_all_close(u, g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("blocks", MODES)
+@pytest.mark.parametrize("min_param_norm", [0.0, 1.0])
+def test_ngadap_paper_rule_small_and_zero_blocks(blocks, min_param_norm):
+  # Blocks with ‖w_b‖ well below 1 (the paper's rule scales by it, the
+  # floor-1 ablation does not) and one all-zero block (falls back to 1).
+  rng = np.random.default_rng(15)
+  w = trees.flax_tree(rng, scale=0.01)
+  layers = w["params"]
+  first, other = sorted(layers)[:2]
+  layers[first] = jax.tree.map(jnp.zeros_like, layers[first])
+  tx = normopt.ngadap_scale(alpha=0.05, blocks=blocks, min_param_norm=min_param_norm)
+  for g in _grads(16):
+    got, _ = jax.jit(tx.update)(g, tx.init(w), w)
+    want = np_ref.ngadap(np_ref.flat(g), np_ref.flat(w), blocks, alpha=0.05,
+                         min_param_norm=min_param_norm)
+    chex.assert_trees_all_close(got, _unflatten(g, want), rtol=1e-5, atol=1e-7)
+  # The zero block steps by alpha: a unit-norm direction times 0.05.
+  if blocks == "layer":
+    np.testing.assert_allclose(float(optax.tree.norm(got["params"][first])), 0.05, rtol=1e-5)
+    wn = float(optax.tree.norm(layers[other]))
+    assert 0 < wn < 1.0
+    np.testing.assert_allclose(float(optax.tree.norm(got["params"][other])),
+                               0.05 * max(wn, min_param_norm), rtol=1e-5)
+
+
+def test_ngadap_rejects_negative_floor():
+  with pytest.raises(ValueError, match="min_param_norm must be >= 0"):
+    normopt.ngadap_scale(min_param_norm=-1.0)
 
 
 # --- Bad input --------------------------------------------------------------
