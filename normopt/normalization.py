@@ -138,7 +138,8 @@ def ngadap_scale(
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
   check_blocks(blocks, "ngadap_scale")
-  if not min_param_norm >= 0:
+  # A traced value (optax.inject_hyperparams) cannot be checked here.
+  if isinstance(min_param_norm, (int, float)) and not min_param_norm >= 0:
     raise ValueError(
         f"ngadap_scale: min_param_norm must be >= 0, got {min_param_norm!r}")
 
