@@ -105,3 +105,153 @@ def test_write_results_writes_json_markdown_and_figures(common, tmp_path):
   for pkg in ("jax", "optax", "flax", "numpy"):  # the versions behind the numbers
     assert f"{pkg} {metadata.version(pkg)}" in common.machine_info()
   assert common.machine_info(", 8 devices").endswith("8 devices")
+
+
+# --- The tuning protocol and the verdict rule ---------------------------------
+
+def test_log_grid_is_centred_and_sqrt10_apart(common):
+  grid = common.log_grid(1e-3)
+  assert len(grid) == 5 and grid[2] == pytest.approx(1e-3)
+  np.testing.assert_allclose(np.diff(np.log10(grid)), 0.5, atol=1e-3)
+  assert len(common.log_grid(0.1, n=7)) == 7
+
+
+def _bowl(best, calls=None):
+  """Validation loss (lrs, seeds): a bowl in log10(lr), minimum at ``best``;
+  a step size above 100 * best diverges (nan)."""
+  def evaluate(lrs, seeds):
+    if calls is not None:
+      calls.append(list(lrs))
+    lrs = np.asarray(lrs)[:, None]
+    loss = (np.log10(lrs) - np.log10(best)) ** 2 + 0.01 * np.asarray(seeds)[None]
+    return np.where(lrs > 100 * best, np.nan, loss)
+  return evaluate
+
+
+def test_tune_lr_chooses_the_lowest_mean_and_widens_at_an_edge(common):
+  calls = []
+  rec = common.tune_lr(_bowl(0.03, calls), common.log_grid(1e-3), seeds=[0, 1])
+  # 0.03 lies beyond the grid's top (0.01): one widening step reaches 0.0316.
+  assert calls[0] == sorted(common.log_grid(1e-3)) and len(calls) == 3
+  assert all(len(c) == 1 for c in calls[1:])
+  assert rec["chosen"] == pytest.approx(0.03162, rel=1e-3)
+  assert rec["interior"] and rec["widened"] == 2
+  assert rec["grid"] == sorted(rec["grid"]) and len(rec["grid"]) == 7
+  assert rec["chosen"] == rec["grid"][int(np.argmin(rec["mean_val_loss"]))]
+  assert rec["seeds"] == [0, 1]
+  # An interior choice needs no widening; a diverged run counts as infinite.
+  rec = common.tune_lr(_bowl(1e-3), common.log_grid(1e-3))
+  assert rec["widened"] == 0 and rec["chosen"] == pytest.approx(1e-3)
+  rec = common.tune_lr(_bowl(1e-5), common.log_grid(1e-3, n=5), max_widen=1)
+  assert rec["widened"] == 1 and not rec["interior"]
+  assert rec["chosen"] == min(rec["grid"])
+  nan_rec = common.tune_lr(_bowl(1e-6), [1.0, 1e-4, 1e-2])
+  assert nan_rec["val_loss"][-1] == [None, None]  # 1.0 diverged: recorded as null
+  with pytest.raises(ValueError, match="shape"):
+    common.tune_lr(lambda lrs, seeds: np.zeros(len(lrs)), [1e-3, 1e-2, 1e-1])
+
+
+def test_paired_ci_excludes_zero_exactly_when_the_paired_t_test_rejects(common):
+  from scipy import stats
+
+  rng = np.random.default_rng(0)
+  for shift in (0.0, 0.3, 1.0, -2.0):
+    a = rng.normal(size=5) + shift
+    b = a - shift + 0.5 * rng.normal(size=5)
+    mean, lo, hi = common.paired_ci(a, b)
+    assert mean == pytest.approx(np.mean(a - b)) and lo < mean < hi
+    assert mean - lo == pytest.approx(hi - mean)
+    p = stats.ttest_rel(a, b).pvalue
+    assert (lo > 0 or hi < 0) == (p < 0.05)
+  with pytest.raises(ValueError, match="2 seeds"):
+    common.paired_ci([1.0], [2.0])
+
+
+def test_claim_verdicts_follow_the_papers_direction(common):
+  better = [1.0, 1.1, 0.9, 1.05, 0.95]
+  worse = [2.0, 2.2, 1.9, 2.1, 2.0]
+  assert common.claim("a<b", better, worse)["verdict"] == "holds"
+  assert common.claim("a<b", worse, better)["verdict"] == "reversed"
+  assert common.claim("a>b", worse, better, lower_is_better=False)["verdict"] == "holds"
+  noisy = common.claim("x", [1.0, 2.0, 1.0, 2.0, 1.5], [2.0, 1.0, 2.0, 1.0, 1.5])
+  assert noisy["verdict"] == "within noise" and noisy["ci"][0] < 0 < noisy["ci"][1]
+  c = common.claim("t", better, worse, metric="loss", paper="p", group="g")
+  assert (c["metric"], c["paper"], c["group"], c["n"]) == ("loss", "p", "g", 5)
+  assert common.format_ci(c, scale=100, digits=1).startswith("-")
+
+
+def test_selection_split_validates_on_the_validation_split(common):
+  v = common.load_digits(val_fraction=common.VAL_FRACTION)
+  s = common.selection_split(v)
+  np.testing.assert_array_equal(s.x_test, v.x_val)
+  np.testing.assert_array_equal(s.x_train, v.x_train)
+  assert s.x_val is None
+  with pytest.raises(ValueError, match="val_fraction"):
+    common.selection_split(common.load_digits())
+
+
+def _tiny_mlp():
+  def init(rng):
+    return {"w": (0.1 * rng.standard_normal((64, 10))).astype(np.float32),
+            "b": np.zeros(10, np.float32)}
+
+  def loss(p, x, y):
+    import optax
+    return optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()
+
+  def metrics(p, x, y):
+    logits = x @ p["w"] + p["b"]
+    return loss(p, x, y), (logits.argmax(-1) == y).mean()
+  return init, loss, metrics
+
+
+def test_vmapped_lr_grid_equals_one_run_per_step_size(common):
+  import optax
+
+  init, loss, metrics = _tiny_mlp()
+  data = common.load_digits(n_train=300, n_test=100)
+  args = (init, loss, metrics, data, 20, 10, 50)
+  grid = common.make_vmapped_run(lambda lr: optax.sgd(lr, momentum=0.9), *args)
+  lrs, seeds = [0.01, 0.1], [3, 4]
+  curves = grid(seeds, lrs=lrs)
+  assert curves.shape == (2, 2, 3, 4)
+  for i, lr in enumerate(lrs):
+    one = common.make_vmapped_run(optax.sgd(lr, momentum=0.9), *args)(seeds)
+    np.testing.assert_allclose(curves[i], one, rtol=2e-5, atol=2e-6)
+  # Paired: a seed starts every step size from the same point.
+  np.testing.assert_array_equal(curves[0, :, 0], curves[1, :, 0])
+  assert np.all(curves[1, :, -1, 0] < curves[1, :, 0, 0])  # it trains
+
+
+def test_flax_vmapped_run_equals_one_run_per_step_size(common):
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import optax
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      x = nn.Dense(16)(x.reshape(x.shape[0], -1))
+      x = nn.BatchNorm(use_running_average=not train)(x)
+      return nn.Dense(10)(nn.relu(x))
+
+  data = common.load_digits(images=True, n_train=256, n_test=64)
+  metrics = lambda loss, grads, state: jnp.stack([loss, optax.tree.norm(grads)])
+  # SGD, not Adam: Adam's early sign-like steps amplify the rounding
+  # differences between a vmapped and a single run far above float32 noise.
+  lrs, seeds = [0.01, 0.1], [0, 1, 2]
+  grid = common.make_flax_vmapped_run(Net(), lambda lr: optax.sgd(lr, 0.9), data, 64, 3,
+                                      step_metrics=metrics)
+  run = grid(seeds, lrs=lrs)
+  assert run.per_step.shape == (2, 3, 12, 2) and run.per_epoch.shape == (2, 3, 3, 2)
+  assert run.evaluation.shape == (2, 3, 3)
+  np.testing.assert_allclose(run.per_epoch[..., 0, :], run.per_step[..., :4, :].mean(-2),
+                             rtol=1e-6)
+  for i, lr in enumerate(lrs):
+    one = common.make_flax_vmapped_run(Net(), optax.sgd(lr, 0.9), data, 64, 3,
+                                       step_metrics=metrics)(seeds)
+    np.testing.assert_allclose(run.per_step[i], one.per_step, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run.evaluation[i], one.evaluation, atol=1 / 64 + 1e-6)
+  # Paired: the first step's loss is the same for every step size.
+  np.testing.assert_allclose(run.per_step[0, :, 0, 0], run.per_step[1, :, 0, 0], rtol=1e-6)
+  assert np.all(run.per_epoch[1, :, -1, 0] < run.per_epoch[1, :, 0, 0])
