@@ -5,13 +5,11 @@ claims, tables, plots); this module holds, once:
 
 * :func:`load_digits`: scikit-learn's digits with ONE split convention
   (:data:`DIGITS_CONVENTION`);
-* :func:`train_flax`: the epoch loop of a Flax Linen model with BatchNorm
-  (one ``jit`` per epoch, minibatch steps in a ``lax.scan``), seeds one after
-  another;
 * :func:`make_vmapped_run`: a whole training run of a plain-JAX model in one
   ``jit``, seeds ``vmap``-ed, curves evaluated every ``eval_every`` steps;
 * :func:`make_flax_vmapped_run`: the same for a Flax Linen model with
-  BatchNorm: every epoch of every (step size, seed) in one ``jit(vmap)``;
+  BatchNorm (softmax cross-entropy, minibatch steps in a ``lax.scan``): every
+  epoch of every (step size, seed) in one ``jit(vmap)``;
 * the tuning protocol (:func:`log_grid`, :func:`selection_split`,
   :func:`tune_lr`, :data:`SELECT_SEEDS`, :data:`FINAL_SEEDS`): every
   optimizer at its own step size, chosen on a validation split;
@@ -130,107 +128,13 @@ def accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def make_flax_epoch(model, tx, data: Digits, batch_size: int,
-                    step_metrics: Callable = _loss_only,
-                    evaluate: Callable = accuracy):
-  """Jitted ``epoch(state) -> (state, per_step, evaluation)`` of a BatchNorm model.
-
-  ``state = (params, batch_stats, opt_state, key)``. One epoch: a fresh
-  permutation of the training set (from ``key``), ``n // batch_size`` steps
-  of softmax cross-entropy in a ``lax.scan`` (BatchNorm in training mode),
-  then ``evaluate(test logits, test labels)`` with the running statistics.
-  ``per_step`` stacks ``step_metrics(loss, grads, new opt_state)`` over the
-  steps.
-  """
-  x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-  n = x_tr.shape[0]
-  steps = n // batch_size
-
-  def loss_fn(params, stats, x, y):
-    logits, new = model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True,
-        mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, new["batch_stats"]
-
-  @jax.jit
-  def epoch(state):
-    params, stats, opt_state, key = state
-    key, k_perm = jax.random.split(key)
-    perm = jax.random.permutation(k_perm, n)[: steps * batch_size]
-    perm = perm.reshape(steps, batch_size)
-
-    def step(carry, idx):
-      params, stats, opt_state = carry
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, stats, x_tr[idx], y_tr[idx])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, stats, opt_state), step_metrics(loss, grads, opt_state)
-
-    (params, stats, opt_state), per_step = jax.lax.scan(
-        step, (params, stats, opt_state), perm)
-    logits = model.apply(
-        {"params": params, "batch_stats": stats}, x_te, train=False)
-    return (params, stats, opt_state, key), per_step, evaluate(logits, y_te)
-
-  return epoch
-
-
-def make_flax_init(model, x_example):
-  """Jitted ``init(seed) -> (params, batch_stats, data_key)``."""
-
-  @jax.jit
-  def init(seed):
-    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
-    variables = model.init(k_init, x_example, train=False)
-    return variables["params"], variables["batch_stats"], k_data
-
-  return init
-
-
 class FlaxRun(NamedTuple):
-  per_epoch: Any  # step_metrics means over each epoch's steps, (seeds, epochs, ...)
-  per_step: Any   # step_metrics, (seeds, epochs * steps_per_epoch, ...)
-  evaluation: Any  # evaluate after each epoch, (seeds, epochs, ...)
-  seconds: float  # all seeds, with compilation
-
-
-def train_flax(model, tx, data: Digits, batch_size: int, epochs: int,
-               seeds: Sequence[int], step_metrics: Callable = _loss_only,
-               evaluate: Callable = accuracy, init=None, bar=None) -> FlaxRun:
-  """Trains ``model`` with ``tx`` for ``epochs`` epochs per seed (seeds in turn).
-
-  The seed sets the weight initialization and the minibatch order; each
-  epoch is one call of :func:`make_flax_epoch`'s jitted function. ``init``
-  (from :func:`make_flax_init`) may be shared between calls to compile it
-  once; ``bar`` (a tqdm bar) is advanced once per epoch. Returns NumPy
-  pytrees stacked over seeds.
-  """
-  init = init or make_flax_init(model, jnp.asarray(data.x_train[:2]))
-  epoch = make_flax_epoch(model, tx, data, batch_size, step_metrics, evaluate)
-  means = jax.jit(lambda t: jax.tree.map(jnp.mean, t))
-  t0 = time.perf_counter()
-  runs = []
-  for seed in seeds:
-    params, stats, key = init(seed)
-    state = (params, stats, tx.init(params), key)
-    per_epoch, per_step, evaluation = [], [], []
-    for _ in range(epochs):
-      state, steps_out, ev = epoch(state)
-      per_epoch.append(means(steps_out))
-      per_step.append(steps_out)
-      evaluation.append(ev)
-      if bar is not None:
-        bar.update()
-    runs.append((per_epoch, per_step, evaluation))
-  stack = lambda xs: jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *xs)
-  cat = lambda xs: jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *xs)
-  return FlaxRun(per_epoch=stack([stack(r[0]) for r in runs]),
-                 per_step=stack([cat(r[1]) for r in runs]),
-                 evaluation=stack([stack(r[2]) for r in runs]),
-                 seconds=time.perf_counter() - t0)
+  """What :func:`make_flax_vmapped_run` returns (NumPy arrays; the leading
+  axes are ``(seeds,)`` or ``(lrs, seeds)``)."""
+  per_epoch: Any  # step_metrics means over each epoch's steps, (..., epochs, ...)
+  per_step: Any   # step_metrics, (..., epochs * steps_per_epoch, ...)
+  evaluation: Any  # evaluate after each epoch, (..., epochs, ...)
+  seconds: float  # every run, with compilation
 
 
 CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -320,8 +224,8 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
                           evaluate: Callable = accuracy):
   """``run(seeds, lrs=None) -> FlaxRun``: a BatchNorm model, all in one jit(vmap).
 
-  The vmapped counterpart of :func:`train_flax` (same loss, same epoch
-  structure): ``tx`` is an optax transformation or a factory ``lr ->
+  Softmax cross-entropy with BatchNorm in training mode, one fresh
+  permutation of the training set per epoch: ``tx`` is an optax transformation or a factory ``lr ->
   transformation``; every (step size, seed) pair trains in one compiled
   program, every epoch of it in one ``lax.scan``. The seed sets the weight
   initialization (``jax.random.PRNGKey(seed)``) and the batch order (a fresh
@@ -416,23 +320,6 @@ def mean_std(a, axis=None):
   if axis is None:
     return float(a.mean()), float(std)
   return a.mean(axis=axis), std
-
-
-def diff_se(a, b):
-  """``mean(a) - mean(b)`` and the standard error of that difference (ddof=1)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  diff = float(a.mean() - b.mean())
-  se = (float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
-        if a.size > 1 and b.size > 1 else 0.0)
-  return diff, se
-
-
-def verdict(diff, noise, lower_is_better=True):
-  """"holds" when ``diff`` beats ``noise`` in the claimed direction, "does not
-  hold" when it beats it in the other, else "within noise"."""
-  d = -diff if lower_is_better else diff
-  noise = max(noise, 1e-12)
-  return "holds" if d > noise else "does not hold" if d < -noise else "within noise"
 
 
 # ---------------------------------------------------------------------------

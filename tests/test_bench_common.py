@@ -46,13 +46,6 @@ def test_mean_std_is_the_sample_std(common):
   m, s = common.mean_std([[1.0, 2.0], [3.0, 6.0]], axis=0)
   np.testing.assert_allclose(m, [2.0, 4.0])
   np.testing.assert_allclose(s, [np.sqrt(2.0), np.sqrt(8.0)])
-  diff, se = common.diff_se([1.0, 2.0, 3.0], [0.0, 0.0, 3.0])
-  assert diff == pytest.approx(1.0)
-  assert se == pytest.approx(np.sqrt(1.0 / 3 + 3.0 / 3))
-  assert common.verdict(-0.5, 0.1) == "holds"
-  assert common.verdict(0.5, 0.1) == "does not hold"
-  assert common.verdict(0.05, 0.1) == "within noise"
-  assert common.verdict(0.5, 0.1, lower_is_better=False) == "holds"
 
 
 def _args(common, argv):
