@@ -85,7 +85,7 @@ class ScaleByDiffGradState(NamedTuple):
   # Per leaf two rows, shape (2, *leaf.shape): row ``g_row`` holds the
   # previous gradient (zeros at init); the other row receives the current one.
   g_prev: Any
-  g_row: jax.Array  # type: ignore[assignment]  # shape=(), int32: 0 or 1.
+  g_row: jax.Array  # shape=(), int32: 0 or 1.
 
 
 # ---------------------------------------------------------------------------
