@@ -19,7 +19,7 @@ import step_overhead  # noqa: E402
 
 # A subset keeps this test to a few dozen small compiles; the full benchmark
 # covers every optimizer.
-_ONLY = ["adam_ng", "adam_norm", "sgd_ng", "sngd", "nd_adam"]
+_ONLY = ["adam_ng", "adam_norm", "sgd_ng", "sngd", "nd_adam", "diffgrad"]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,9 @@ def test_state_bytes_relations(quick_run):
     if name == "nd_adam":
       # One second moment per unit vector instead of per element.
       assert r["state_bytes"] < r["base_state_bytes"]
+    if name == "diffgrad":
+      # Adam's state plus g_prev's two rows and their int32 row index.
+      assert r["extra_state_bytes"] == 2 * pbytes + 4
 
 
 def test_targets_cover_the_issue(quick_run):
@@ -85,8 +88,32 @@ def test_targets_cover_the_issue(quick_run):
     assert ("adam_ng", t, "step_ratio") in rows
     assert ("sgd_ng", t, "compile_ratio") in rows
     assert ("adam_ng", t, "extra_state_bytes") in rows
+    assert ("sngd", t, "step_minus_floor") in rows
+    assert ("diffgrad", t, "step_ratio") in rows
+  for r in data["results"]:
+    assert (r["optimizer"], r["tree"], "anchor_compile_ratio") in rows
   for t in data["targets"]:
     assert t["met"] == (t["value"] <= t["limit"])
+    assert t["issue"] in (6, 13)
+
+
+def test_compile_time_against_the_anchor(quick_run):
+  data, out = quick_run
+  for r in data["results"]:
+    assert r["anchor"] == (
+        f"optax.chain(optax.clip_by_global_norm(1.0), {r['base']})")
+    assert math.isfinite(r["anchor_compile_s"]) and r["anchor_compile_s"] > 0
+    assert r["anchor_compile_ratio"] == pytest.approx(
+        r["compile_s"] / r["anchor_compile_s"])
+  # One anchor compile per base and tree, shared by the pairs on that base.
+  per_base = {}
+  for r in data["results"]:
+    per_base.setdefault((r["base"], r["tree"]), set()).add(
+        r["anchor_compile_s"])
+  assert all(len(v) == 1 for v in per_base.values())
+  md = (out / "step_overhead.md").read_text()
+  assert "## Compile time against the anchor" in md
+  assert data["meta"]["elapsed_s"] > 0
 
 
 def test_floor_measured_for_single_extra_pass_optimizers(quick_run):
@@ -97,6 +124,7 @@ def test_floor_measured_for_single_extra_pass_optimizers(quick_run):
       assert len(r["floor_ratios"]) == data["meta"]["reps"]
       assert r["floor_compile_ratio"] > 0
       assert all(math.isfinite(x) and x > 0 for x in r["floor_ratios"])
+      assert math.isfinite(r["step_minus_floor"])
     else:
       assert "floor_ratio" not in r
   assert "## Against the floor" in (out / "step_overhead.md").read_text()
