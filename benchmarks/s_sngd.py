@@ -202,7 +202,7 @@ def tune_and_run(kind, name, factory, select_data, final_data, cfg):
 
   def evaluate(lrs, seeds):
     out = select(seeds, lrs)  # (lrs, seeds, evals, 4)
-    for lr, c in zip(lrs, out):
+    for lr, c in zip(lrs, out, strict=True):
       curves[float(lr)] = c
     return out[:, :, -1, 2]  # final validation objective
 
@@ -328,8 +328,21 @@ def markdown_table(payload):
   for key, rec in payload["tuning"].items():
     vals = ", ".join(
         f"{lr:g}: {'∞' if v is None else f'{v:.4g}'}"
-        for lr, v in zip(rec["grid"], rec["mean_val_loss"]))
+        for lr, v in zip(rec["grid"], rec["mean_val_loss"], strict=True))
     lines.append(f"- {key}: {vals}")
+  lines += ["", "SNGD's constant-α grid shows the paper's two points about SNGD"
+            " (bottom panels of the figure; selection runs, mean final"
+            " training objective):", ""]
+  for kind in cfg["models"]:
+    rec = payload["tuning"][f"{kind}/SNGD"]
+    sel = payload["selection_curves"][f"{kind}/SNGD"]
+    train = lambda lr, sel=sel: float(
+        np.mean(np.asarray(sel[f"{lr:g}"]["train_loss"])[:, -1]))
+    lo, hi, ch = rec["grid"][0], rec["grid"][-1], rec["chosen"]
+    lines.append(
+        f"- {kind}: α = {lo:g} is slow ({train(lo):.4f} after {cfg['steps']}"
+        f" steps), α = {hi:g} stalls at a floor ({train(hi):.4f}), the chosen"
+        f" α = {ch:g} ends at {train(ch):.4f}.")
   lines += ["", "| model | claim | difference A − B [95% CI] | verdict |",
             "|---|---|---:|---|"]
   for c in payload["claims"]:
@@ -340,7 +353,10 @@ def markdown_table(payload):
     lines.append(f"| {c['group']} | {c['claim']} | {diff}{unit} |"
                  f" {c['verdict']} |")
   lines += ["", f"Tuning: {cfg['tuning_rule']}", "",
-            f"Verdicts: {cfg['verdict_rule']}"]
+            f"Verdicts: {cfg['verdict_rule']}", "",
+            f"Wall time: {payload['elapsed_s']:.0f} s for the whole run (every"
+            " grid, widening and final run; each compiled once per method and"
+            " phase) on the machine below, shared with other jobs."]
   return "\n".join(lines) + "\n"
 
 

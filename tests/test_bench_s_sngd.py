@@ -100,6 +100,7 @@ def test_quick_runs_are_paired(quick):
 
 def test_schedules_follow_the_configuration(load_bench):
   import jax
+
   import normopt
 
   mod = load_bench("s_sngd")
@@ -117,7 +118,7 @@ def test_schedules_follow_the_configuration(load_bench):
   assert starts[1:].tolist() == normopt.schedules.stage_boundaries(
       mod.STAGE_SHAPE, mod.stage_length(steps))
   stagewise = jax.jit(lambda lr, t: sched["S-SNGD stagewise"](lr)(t))
-  for t0, m, a in zip(starts, lengths, rates):
+  for t0, m, a in zip(starts, lengths, rates, strict=True):
     assert float(stagewise(a0, t0)) == pytest.approx(a)
     assert float(stagewise(a0, t0 + m - 1)) == pytest.approx(a)
   # normopt.s_sngd's schedule with the scaled rates and S agrees, up to float
