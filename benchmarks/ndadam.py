@@ -78,8 +78,8 @@ GRID_CENTERS = {"sgdm": 0.1, "adam": 1e-3, "ndadam": 0.05}
 
 # 8 epochs (the version before the tuning protocol ran 30): the protocol
 # trains about six times as many runs (5 step sizes x 2 seeds per method, then
-# 5 seeds), so every method's epochs were cut alike to fit the shared 2-core
-# CPU, shared by several jobs (about 700 CPU-seconds in all).
+# 5 seeds), so every method's epochs were cut alike to fit the 2-core
+# CPU that several jobs share (about 700 CPU-seconds in all).
 FULL = dict(epochs=8, batch=128, width=16, blocks=2, n_train=None,
             n_test=None, max_widen=3, optimizers=OPTIMIZERS,
             softmaxes=SOFTMAXES)
