@@ -32,6 +32,7 @@ Run from the repository root::
 
 from __future__ import annotations
 
+import json
 import time
 
 import flax.linen as nn
@@ -229,13 +230,68 @@ def markdown(result):
   return "\n".join(lines) + "\n"
 
 
+#: Config keys that may differ between parts of one run (see ``--merge``).
+_PART_KEYS = ("machine", "wall_seconds", "grid_centres")
+
+
+def merge(parts):
+  """One result from the JSONs of runs of disjoint method subsets.
+
+  The parts must share every config entry but :data:`_PART_KEYS` (same
+  epochs, seeds, grid rule...); they ran side by side as separate processes
+  on the shared machine. Claims are recomputed from the merged per-seed
+  values. Returns ``(result, complete)``.
+  """
+  base = {k: v for k, v in parts[0]["config"].items() if k not in _PART_KEYS}
+  result = {"config": dict(parts[0]["config"]), "tuning": {}, "methods": {}}
+  for part in parts:
+    cfg = {k: v for k, v in part["config"].items() if k not in _PART_KEYS}
+    if cfg != base:
+      raise ValueError("parts of different configurations: "
+                       f"{sorted(k for k in cfg if cfg[k] != base.get(k))}")
+    if set(part["methods"]) & set(result["methods"]):
+      raise ValueError("parts overlap")
+    result["tuning"].update(part["tuning"])
+    result["methods"].update(part["methods"])
+  order = list(make_factories(1))
+  names = [n for n in order if n in result["methods"]]
+  result["tuning"] = {n: result["tuning"][n] for n in names}
+  result["methods"] = {n: result["methods"][n] for n in names}
+  cfg = result["config"]
+  cfg["grid_centres"] = {n: c for p in parts
+                         for n, c in p["config"]["grid_centres"].items()}
+  cfg["grid_centres"] = {n: cfg["grid_centres"][n] for n in names}
+  cfg["parts"] = [{"methods": list(p["methods"]),
+                   "wall_seconds": p["config"]["wall_seconds"],
+                   "machine": p["config"]["machine"]} for p in parts]
+  cfg["wall_seconds"] = max(p["config"]["wall_seconds"] for p in parts)
+  cfg["machine"] = (f"{parts[0]['config']['machine']}; {len(parts)} "
+                    "processes side by side, one per method subset")
+  compute_claims(result)
+  return result, names == order and not cfg["quick"]
+
+
 def main(argv=None):
   parser = _common.make_parser(
       __doc__, "a few epochs, two methods, narrow model (seconds)")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--methods", nargs="*", default=None,
                       help="subset of methods (default: all; --quick: two)")
+  parser.add_argument(
+      "--merge", nargs="+", default=None, metavar="DIR",
+      help="no training: merge the bng_cnn.json of runs of disjoint "
+      "--methods subsets (same configuration) into one result")
   args = parser.parse_args(argv)
+  if args.merge:
+    parts = []
+    for d in args.merge:
+      with open(f"{d}/bng_cnn.json") as f:
+        parts.append(json.load(f))
+    result, complete = merge(parts)
+    out = _common.output_dir(parser, args, "bng_cnn", partial=not complete)
+    _common.write_results(out, "bng_cnn", result, markdown(result),
+                          {"bng_cnn.png": plot})
+    return result
   out = _common.output_dir(parser, args, "bng_cnn",
                            partial=bool(args.epochs or args.methods))
 

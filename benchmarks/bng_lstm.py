@@ -34,6 +34,7 @@ Run from the repository root::
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -344,13 +345,74 @@ def markdown(result):
   return "\n".join(lines) + "\n"
 
 
+#: Config keys that may differ between parts of one run (see ``--merge``).
+_PART_KEYS = ("machine", "wall_seconds", "grid_centres", "lengths", "batch")
+
+
+def merge(parts):
+  """One result from the JSONs of runs of disjoint (length, method) subsets.
+
+  The parts must share every config entry but :data:`_PART_KEYS`; they ran
+  side by side as separate processes on the shared machine. Claims are
+  recomputed from the merged per-seed values. Returns ``(result,
+  complete)``.
+  """
+  base = {k: v for k, v in parts[0]["config"].items() if k not in _PART_KEYS}
+  result = {"config": dict(parts[0]["config"]), "tuning": {}, "runs": {}}
+  for part in parts:
+    cfg = {k: v for k, v in part["config"].items() if k not in _PART_KEYS}
+    if cfg != base:
+      raise ValueError("parts of different configurations: "
+                       f"{sorted(k for k in cfg if cfg[k] != base.get(k))}")
+    for length, runs in part["runs"].items():
+      if set(runs) & set(result["runs"].get(length, {})):
+        raise ValueError("parts overlap")
+      result["runs"].setdefault(length, {}).update(runs)
+      result["tuning"].setdefault(length, {}).update(part["tuning"][length])
+  lengths = sorted(result["runs"], key=int)
+  order = list(FACTORIES)
+  result["runs"] = {l: {n: result["runs"][l][n] for n in order
+                        if n in result["runs"][l]} for l in lengths}
+  result["tuning"] = {l: {n: result["tuning"][l][n] for n in order
+                          if n in result["tuning"][l]} for l in lengths}
+  cfg = result["config"]
+  cfg["lengths"] = [int(l) for l in lengths]
+  cfg["batch"] = {l: cfg["chars_per_update"] // int(l) for l in lengths}
+  cfg["grid_centres"] = {n: CENTRES[n] for n in order
+                         if any(n in r for r in result["runs"].values())}
+  cfg["parts"] = [{"runs": {l: list(r) for l, r in p["runs"].items()},
+                   "wall_seconds": p["config"]["wall_seconds"],
+                   "machine": p["config"]["machine"]} for p in parts]
+  cfg["wall_seconds"] = max(p["config"]["wall_seconds"] for p in parts)
+  cfg["machine"] = (f"{parts[0]['config']['machine']}; {len(parts)} "
+                    "processes side by side, one per (length, method) subset")
+  compute_claims(result)
+  complete = (lengths == ["40", "400"] and not cfg["quick"] and all(
+      list(r) == order for r in result["runs"].values()))
+  return result, complete
+
+
 def main(argv=None):
   parser = _common.make_parser(
       __doc__, "tiny model, one BPTT length, two optimizers (seconds)")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--lengths", type=int, nargs="*", default=None)
   parser.add_argument("--methods", nargs="*", default=None)
+  parser.add_argument(
+      "--merge", nargs="+", default=None, metavar="DIR",
+      help="no training: merge the bng_lstm.json of runs of disjoint "
+      "--lengths/--methods subsets (same configuration) into one result")
   args = parser.parse_args(argv)
+  if args.merge:
+    parts = []
+    for d in args.merge:
+      with open(f"{d}/bng_lstm.json") as f:
+        parts.append(json.load(f))
+    result, complete = merge(parts)
+    out = _common.output_dir(parser, args, "bng_lstm", partial=not complete)
+    _common.write_results(out, "bng_lstm", result, markdown(result),
+                          {"bng_lstm.png": plot})
+    return result
   out = _common.output_dir(
       parser, args, "bng_lstm",
       partial=bool(args.steps or args.lengths or args.methods))
@@ -358,9 +420,11 @@ def main(argv=None):
   quick = args.quick
   lengths = args.lengths or ([16] if quick else [40, 400])
   chars_per_update = 320 if quick else 1600
-  hidden, embed = (16, 8) if quick else (64, 16)
-  steps = args.steps or (40 if quick else 200)
-  eval_every = 10 if quick else 25
+  # Shrunk for the shared 2-core machine (the pre-#14 run: hidden 64, 1,000
+  # updates, one run per optimizer; now 15+ runs per optimizer and length).
+  hidden, embed = (16, 8) if quick else (32, 16)
+  steps = args.steps or (40 if quick else 160)
+  eval_every = 10 if quick else 40
   val_chars = 2000 if quick else 10000
   max_widen = 1 if quick else 3
   final_seeds = list(_common.FINAL_SEEDS[:2] if quick else _common.FINAL_SEEDS)
