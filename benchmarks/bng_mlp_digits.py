@@ -205,6 +205,15 @@ SHRUNK = {
 }
 
 
+CHANCE_MARGIN = 0.01
+
+
+def at_chance(record):
+  """Whether every step size of a tuning record ended at chance or worse."""
+  means = [math.inf if m is None else m for m in record["mean_val_loss"]]
+  return min(means) >= math.log(10) - CHANCE_MARGIN
+
+
 def _pm(values, digits=3):
   m, s = _common.mean_std(values)
   return f"{m:.{digits}f} ± {s:.{digits}f}"
@@ -227,15 +236,25 @@ def markdown_table(payload):
       " test loss | test acc |",
       "|---:|---|---:|---|:-:|---:|---:|---:|",
   ]
+  stalled = False
   for depth, per_opt in payload["results"].items():
     for name, res in per_opt.items():
       t = payload["tuning"][f"{name}, depth {depth}"]
       grid = f"{t['grid'][0]:g} … {t['grid'][-1]:g} ({len(t['grid'])})"
+      interior = "yes" if t["interior"] else "no"
+      if at_chance(t):
+        stalled, interior = True, interior + "*"
       fin = res["final"]
       lines.append(
-          f"| {depth} | {name} | {res['lr']:g} | {grid} |"
-          f" {'yes' if t['interior'] else 'no'} | {_pm(fin['train_loss'])} |"
-          f" {_pm(fin['test_loss'])} | {_pm(fin['test_acc'])} |")
+          f"| {depth} | {name} | {res['lr']:g} | {grid} | {interior} |"
+          f" {_pm(fin['train_loss'])} | {_pm(fin['test_loss'])} |"
+          f" {_pm(fin['test_acc'])} |")
+  if stalled:
+    lines += [
+        "",
+        f"\\* Every step size of the grid ended at chance or worse (mean "
+        f"validation loss ≥ ln 10 − {CHANCE_MARGIN:g}): this optimizer did not "
+        f"train at any of them, and which one counts as chosen is noise."]
   lines += [
       "",
       "Claims (paired over the final seeds; difference NG − plain, negative ="

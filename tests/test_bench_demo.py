@@ -187,8 +187,6 @@ def test_committed_full_results(mod, common):
   if not RESULTS.exists():
     pytest.skip("full results not committed yet")
   payload = json.loads(RESULTS.read_text())
-  if "tuning" not in payload:  # TEMPORARY: until the tuned full run lands
-    pytest.skip("committed results predate the tuning protocol")
   cfg = payload["config"]
   assert cfg["mode"] == "full" and cfg["shrunk"] is None
   for key in ("depths", "steps", "eval_every", "batch", "width", "grid_points"):
