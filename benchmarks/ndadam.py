@@ -168,8 +168,13 @@ def conv_kernels(path, leaf):
   return (0, 1, 2) if leaf.ndim == 4 else None
 
 
-def make_optimizer(name, lr, total_steps):
-  """The optimizer ``name`` at step size ``lr`` (may be traced), cosine-decayed."""
+def make_optimizer(name, lr, total_steps, nd_scalar_tied=False):
+  """The optimizer ``name`` at step size ``lr`` (may be traced), cosine-decayed.
+
+  ND-Adam's scalar (Adam) step size is the official 1e-3, or, with
+  ``nd_scalar_tied``, ``lr`` times the official ratio 1e-3 / 0.05 (a
+  diagnostic: the two step sizes scaled together).
+  """
   cos = lambda v: optax.cosine_decay_schedule(v, total_steps)
   h = HPARAMS
   if name == "sgdm":
@@ -179,8 +184,9 @@ def make_optimizer(name, lr, total_steps):
     return optax.chain(optax.add_decayed_weights(h["weight_decay"]),
                        optax.adam(cos(lr)))
   if name == "ndadam":
-    return normopt.nd_adam(cos(lr), cos(h["nd_lr_scalar"]),
-                           vector_axes=conv_kernels)
+    scalar = (lr * h["nd_lr_scalar"] / GRID_CENTERS["ndadam"] if nd_scalar_tied
+              else h["nd_lr_scalar"])
+    return normopt.nd_adam(cos(lr), cos(scalar), vector_axes=conv_kernels)
   raise ValueError(name)
 
 
@@ -201,7 +207,7 @@ def softmax_config(softmax):
 
 
 @functools.lru_cache(maxsize=None)
-def _trainer(opt_name, epochs, width, blocks):
+def _trainer(opt_name, epochs, width, blocks, nd_scalar_tied=False):
   """The jitted, vmapped training program of ``opt_name``.
 
   The data are arguments, not constants: the selection and the final runs
@@ -216,7 +222,7 @@ def _trainer(opt_name, epochs, width, blocks):
     return ce + normopt.losses.logit_l2_penalty(z, logit_weight), (ce, upd["batch_stats"])
 
   def one_run(seed, idx, lr, logit_weight, use_bn, x_tr, y_tr, x_te, y_te):
-    tx = make_optimizer(opt_name, lr, idx.shape[0])
+    tx = make_optimizer(opt_name, lr, idx.shape[0], nd_scalar_tied)
     v = model.init(jax.random.PRNGKey(seed), x_tr[:2], train=False)
     params, stats = v["params"], v["batch_stats"]
     if opt_name == "ndadam":
@@ -263,7 +269,8 @@ def make_run(opt_name, data, cfg):
   n = arrays[0].shape[0]
   steps_per_epoch = n // cfg["batch"]
   total = steps_per_epoch * cfg["epochs"]
-  train = _trainer(opt_name, cfg["epochs"], cfg["width"], cfg["blocks"])
+  train = _trainer(opt_name, cfg["epochs"], cfg["width"], cfg["blocks"],
+                   cfg.get("nd_scalar_tied", False))
 
   def run(configs, seeds):
     pairs = [(lr, sm, s) for lr, sm in configs for s in seeds]
@@ -509,14 +516,21 @@ def main(argv=None):
   parser.add_argument("--optimizers", default=None,
                       help="comma-separated subset of " + ",".join(OPTIMIZERS)
                       + " (a partial run)")
+  parser.add_argument("--nd-scalar-tied", action="store_true",
+                      help="diagnostic (a partial run): ND-Adam's scalar step "
+                      "size scales with α_v at the official ratio instead of "
+                      "staying 1e-3")
   args = parser.parse_args(argv)
   cfg = dict(QUICK if args.quick else FULL)
+  if args.nd_scalar_tied:
+    cfg["nd_scalar_tied"] = True
   if args.epochs is not None:
     cfg["epochs"] = args.epochs
   if args.optimizers:
     cfg["optimizers"] = tuple(args.optimizers.split(","))
   partial = (not args.quick) and (cfg["epochs"] != FULL["epochs"]
-                                  or tuple(cfg["optimizers"]) != FULL["optimizers"])
+                                  or tuple(cfg["optimizers"]) != FULL["optimizers"]
+                                  or args.nd_scalar_tied)
   out = _common.output_dir(parser, args, "ndadam", partial=partial)
   payload = run(cfg, args.quick, args.quiet)
   payload["quick"] = args.quick
