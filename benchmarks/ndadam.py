@@ -425,7 +425,8 @@ def _pct(values):
 def table(payload):
   res, tun, c = payload["results"], payload["tuning"], payload["config"]
   lines = ["| method | step-size grid | chosen | interior | test error % | "
-           "test cross-entropy |", "|---|---|---|---|---|---|"]
+           "test cross-entropy | train error % | test-logit RMS |",
+           "|---|---|---|---|---|---|---|---|"]
   for o in OPTIMIZERS:
     for s in SOFTMAXES:
       key = f"{o}/{s}"
@@ -437,7 +438,8 @@ def table(payload):
           f"| {LABELS[o]}, {s} | {t['grid'][0]:g} … {t['grid'][-1]:g} "
           f"({len(t['grid'])}) | {t['chosen']:g} | "
           f"{'yes' if t['interior'] else 'no'} | {_pct(res[key]['test_err'])} | "
-          f"{tl[0]:.4f} ± {tl[1]:.4f} |")
+          f"{tl[0]:.4f} ± {tl[1]:.4f} | {_pct(res[key]['train_err'])} | "
+          f"{np.mean(res[key]['logit_rms']):.2f} |")
   sms = [s for s in SOFTMAXES if any(r["softmax"] == s for r in res.values())]
   lines += ["", "In the form of the paper's Table 1 (test error %, mean ± std "
             f"over {len(_common.FINAL_SEEDS)} seeds):", "",
@@ -472,7 +474,9 @@ def table(payload):
       f"validation); {payload['elapsed_s']:.0f} s in all.", "",
       f"Tuning: {_common.TUNING_RULE} Here the ND-Adam step size is the "
       f"vector step size α_v (its scalar Adam step size stays "
-      f"{HPARAMS['nd_lr_scalar']:g}); L2 weight decay "
+      f"{HPARAMS['nd_lr_scalar']:g}, the official value, while Adam's and "
+      f"SGDM's step sizes move the whole network; `--nd-scalar-tied` is a "
+      f"diagnostic partial run that scales it with α_v); L2 weight decay "
       f"{HPARAMS['weight_decay']:g} and the logit penalty weight "
       f"{HPARAMS['logit_weight']:g} are fixed.", "",
       f"Verdicts: {_common.VERDICT_RULE}"]
