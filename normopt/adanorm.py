@@ -175,6 +175,10 @@ def _moments_update(
     r = jnp.sqrt(jnp.maximum(r_sq, 0.0))
     rectify = ro >= threshold
 
+  if kind == "diffgrad":
+    free_row = 1 - g_row
+    zero = jnp.zeros_like(g_row)  # indices of one dtype, also under x64
+
   def leaf(gt, f, m, v, gp):
     dtype = jnp.result_type(gt)
     s = gt if f is None else _scaled(gt, f)
@@ -197,10 +201,14 @@ def _moments_update(
     if kind == "radam":
       u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
     if kind == "diffgrad":
-      gp = lax.dynamic_update_index_in_dim(
-          gp, gt.astype(jnp.result_type(gp)), 1 - g_row, 0
+      zeros = (zero,) * gt.ndim  # rows are never negative: no index wrapping
+      gp = lax.dynamic_update_slice(
+          gp, gt.astype(jnp.result_type(gp))[None], (free_row, *zeros),
+          allow_negative_indices=False,
       )
-      prev = lax.dynamic_index_in_dim(gp, g_row, 0, keepdims=False)
+      prev = lax.dynamic_slice(
+          gp, (g_row, *zeros), (1, *gt.shape), allow_negative_indices=False
+      )[0]
       u = jax.nn.sigmoid(jnp.abs(prev - gt)) * u
     m_new = m_new if mu_dtype is None else m_new.astype(mu_dtype)
     return u.astype(dtype), m_new, v_new.astype(jnp.result_type(v)), gp
@@ -225,7 +233,7 @@ def _moments_update(
       jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(4)
   )
   if kind == "diffgrad":
-    g_prev, g_row = new_prev, 1 - g_row
+    g_prev, g_row = new_prev, free_row
   return u, new_mu, new_nu, g_prev, g_row, count_inc
 
 
