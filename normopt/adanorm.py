@@ -458,7 +458,9 @@ def scale_by_diffgrad(
 
   Returns:
     An ``optax.GradientTransformation`` with state
-    :class:`ScaleByDiffGradState`.
+    :class:`ScaleByDiffGradState`: ``m``, ``v`` and the previous gradient in
+    two rows (the step writes one and reads the other), four arrays the size
+    of the parameters in all.
 
   Example:
     >>> import jax.numpy as jnp, normopt
