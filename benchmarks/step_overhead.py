@@ -105,7 +105,7 @@ def transformer_shapes(
   return tree
 
 
-def tiny_leaves_shapes(layers: int = 200, width: int = 44) -> dict:
+def tiny_leaves_shapes(layers: int = 150, width: int = 44) -> dict:
   """Many small Dense layers: ``2 * layers`` leaves of ~width**2 params."""
   return {
       f"dense{i}": {"kernel": (width, width), "bias": (width,)}
@@ -417,7 +417,7 @@ def run(quick: bool, only=None, trees=None, checkpoint=None):
   # One fresh compile per variant (it also gives the executable that is
   # timed): a full run compiles 78 steps of up to 2,000 leaves, which on a
   # shared 2-core CPU already takes most of the run.
-  # 15 step repetitions and 400 tiny leaves keep the full run under 10 min on
+  # 15 step repetitions and 300 tiny leaves keep the full run under 10 min on
   # two quiet cores; the anchor's compile is shared by every pair on a base.
   t_start = time.perf_counter()
   reps, compile_reps, min_time = (3, 1, 0.0) if quick else (15, 1, 0.05)
