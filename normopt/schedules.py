@@ -8,11 +8,19 @@ import math
 import optax
 
 
+def _stage_steps(stage_length: float, lr: float) -> int:
+  """``ceil(S/α)``, where a quotient within float rounding of an integer is
+  that integer (``1 / (1/27)`` is ``27.000000000000007`` in floats: 27, not 28)."""
+  q = stage_length / lr
+  n = round(q)
+  return n if math.isclose(q, n, rel_tol=1e-9) else math.ceil(q)
+
+
 def stage_boundaries(learning_rates: Sequence[float], stage_length: float) -> list[int]:
   """Step at which each stage after the first starts: cumsum of ``ceil(S/α_t)``."""
   bounds, step = [], 0
   for lr in learning_rates[:-1]:
-    step += math.ceil(stage_length / lr)
+    step += _stage_steps(stage_length, lr)
     bounds.append(step)
   return bounds
 
