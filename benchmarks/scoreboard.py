@@ -85,14 +85,27 @@ def _cell(text) -> str:
 
 
 def claims_table(name: str, data: dict) -> list[str]:
-  """Markdown rows: claim, setting, the paper's number, ours, verdict."""
+  """Markdown rows: claim, setting, the paper's number, ours, verdict.
+
+  A paper statement longer than a short number goes below the table once,
+  as a numbered note that its rows cite (``[1]``).
+  """
   rows = ["| claim | setting | paper | ours: A − B, mean [95% CI] | verdict |",
           "|---|---|---|---|---|"]
+  notes: list[str] = []
   for c in claims(data):
     setting = ", ".join(str(x) for x in (c.get("group"), c.get("metric")) if x)
     verdict = f"**{c['verdict']}**" if c["verdict"] != "within noise" else c["verdict"]
-    rows.append(f"| {_cell(c['claim'])} | {_cell(setting)} | {_cell(c.get('paper'))} |"
+    paper = c.get("paper")
+    if paper and len(paper) > 40:
+      if paper not in notes:
+        notes.append(paper)
+      paper = f"[{notes.index(paper) + 1}]"
+    rows.append(f"| {_cell(c['claim'])} | {_cell(setting)} | {_cell(paper)} |"
                 f" {fmt_claim(c)} | {verdict} |")
+  if notes:
+    rows += [""] + [f"[{i}] {_cell(text)}" + ("  " if i < len(notes) else "")
+                    for i, text in enumerate(notes, 1)]
   return rows
 
 

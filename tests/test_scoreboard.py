@@ -74,8 +74,10 @@ def test_committed_tuning_follows_the_protocol(sb, common):
 def test_scoreboard_renders_claims_counts_and_step_sizes(sb, tmp_path):
   rec = lambda v, lo, hi, **kw: dict(claim=f"A{v} beats B", metric="test error", diff=(lo + hi) / 2,
                                      ci=[lo, hi], n=5, lower_is_better=True, verdict=v, **kw)
+  long = "Fig. 1: the block-normalized forms train where the plain ones stall"
   data = {"claims": [rec("holds", -0.3, -0.1, paper="Table 1: 4.7% vs 5.0%", group="depth 6"),
-                     rec("within noise", -0.1, 0.2), rec("reversed", 0.05, 0.15),
+                     rec("within noise", -0.1, 0.2, paper=long),
+                     rec("reversed", 0.05, 0.15, paper=long),
                      {"claim": "old schema", "diff": 1.0, "se": 0.1}],
           "tuning": {"depth 6": {"Adam": {"chosen": 0.001, "interior": True}},
                      "SGD": {"chosen": 0.3, "interior": False}}}
@@ -84,6 +86,8 @@ def test_scoreboard_renders_claims_counts_and_step_sizes(sb, tmp_path):
   assert text.startswith("**3 claims: 1 hold, 1 are within noise, 1 are reversed.**")
   assert "`benchmarks/bng_mlp_digits.py`: no judged claims" in text
   assert "| Aholds beats B | depth 6, test error | Table 1: 4.7% vs 5.0% | -0.20 [-0.30, -0.10] | **holds** |" in text
+  assert "| Areversed beats B | test error | [1] | +0.100 [+0.050, +0.150] | **reversed** |" in text
+  assert text.count(long) == 1 and f"[1] {long}" in text  # cited, written once
   assert "old schema" not in text
   assert "Tuned step sizes: depth 6 Adam 0.001; SGD 0.3*." in text
   readme = tmp_path / "README.md"
