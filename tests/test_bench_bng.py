@@ -9,6 +9,7 @@ final seeds). The LSTM model is also checked against a float64 NumPy
 reference written from the LSTM equations.
 """
 
+import copy
 import json
 import math
 import pathlib
@@ -162,6 +163,41 @@ def test_lstm_quick_lowers_validation_loss(lstm_result):
       # At initialisation the model is near a uniform guess; training helps.
       assert np.all(abs(val[:, 0] - math.log(cfg["vocab_size"])) < 0.5), name
       assert np.all(val[:, -1] < val[:, 0] - 0.3), name
+
+
+def _split(res, key, names):
+  """``res`` as one part per method (as ``--methods`` runs would write)."""
+  parts = []
+  for name in names:
+    part = copy.deepcopy(res)
+    if key == "methods":
+      part["methods"] = {name: res["methods"][name]}
+      part["tuning"] = {name: res["tuning"][name]}
+      part["config"]["grid_centres"] = {name: res["config"]["grid_centres"][name]}
+    else:
+      part["runs"] = {l: {name: r[name]} for l, r in res["runs"].items()}
+      part["tuning"] = {l: {name: t[name]} for l, t in res["tuning"].items()}
+    parts.append(part)
+  return parts[::-1]
+
+
+@pytest.mark.parametrize("bench,key", [("bng_cnn", "methods"),
+                                       ("bng_lstm", "runs")])
+def test_merge_of_parts_gives_the_whole(bench, key, cnn_result, lstm_result,
+                                        load_bench):
+  _, res = cnn_result if bench == "bng_cnn" else lstm_result
+  names = (list(res["methods"]) if key == "methods"
+           else list(next(iter(res["runs"].values()))))
+  merged, complete = load_bench(bench).merge(_split(res, key, names))
+  assert not complete  # a quick run never makes a full result
+  assert merged["claims"] == res["claims"]
+  assert merged["tuning"] == res["tuning"]
+  assert merged[key] == res[key]
+  assert len(merged["config"]["parts"]) == len(names)
+  bad = _split(res, key, names)
+  bad[0]["config"]["final_seeds"] = [7, 8]
+  with pytest.raises(ValueError):
+    load_bench(bench).merge(bad)
 
 
 def _committed(name):
