@@ -201,7 +201,9 @@ def markdown(result):
       f"at 50% and 75% of training); NG_adap alpha={ALPHA}, CLIP layer norm "
       f"{CLIP_NORM}; {len(cfg['final_seeds'])} final seeds; test set: "
       f"{cfg['n_test']} images. Wall time of the whole run (selection and "
-      f"final runs): {cfg.get('wall_seconds', 0):.0f} s.",
+      f"final runs): {cfg.get('wall_seconds', 0):.0f} s" + (
+          f" (the longest of {len(cfg['parts'])} processes run side by side, "
+          f"one per method subset)" if cfg.get("parts") else "") + ".",
       "",
       "| method | chosen lr | grid | interior | test error % (mean ± std) "
       "| final train loss |",
@@ -222,7 +224,9 @@ def markdown(result):
                  f"{_common.format_ci(c, scale=100)} | {c['verdict']} |")
   lines += ["", "One test image is 0.28 pp. The ablation rows compare "
             "NG_adap's paper rule (alpha·‖w_b‖) with the parameter norm "
-            "floored at 1, each at its own tuned step size.", "",
+            "floored at 1, each at its own tuned step size (identical "
+            "numbers mean the floor never bound: every layer block of this "
+            "model starts with a norm above 2).", "",
             f"Tuning: {_common.TUNING_RULE} Here the selection score is the "
             "validation cross-entropy after the last epoch; grids and "
             "selection losses are in the JSON.", "",

@@ -313,7 +313,9 @@ def markdown(result):
       f"{len(cfg['final_seeds'])} final seeds. Validation loss in nats/char "
       f"on the validation text (uniform guess: "
       f"{math.log(cfg['vocab_size']):.2f}). Wall time of the whole run "
-      f"(selection and final runs): {cfg.get('wall_seconds', 0):.0f} s.",
+      f"(selection and final runs): {cfg.get('wall_seconds', 0):.0f} s" + (
+          f" (the longest of {len(cfg['parts'])} processes run side by side, "
+          f"one per (length, method) subset)" if cfg.get("parts") else "") + ".",
       "",
       "| BPTT | method | chosen lr | grid | interior | final val loss "
       "(mean ± std) | after 25% |",
