@@ -84,6 +84,11 @@ def _cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ") if text else "–"
 
 
+def describe(c: dict, keys=("group", "when", "metric")) -> str:
+  """Where a claim was judged: its group (depth, model, ...), time, metric."""
+  return ", ".join(str(c[k]) for k in keys if c.get(k))
+
+
 def claims_table(name: str, data: dict) -> list[str]:
   """Markdown rows: claim, setting, the paper's number, ours, verdict.
 
@@ -94,7 +99,7 @@ def claims_table(name: str, data: dict) -> list[str]:
           "|---|---|---|---|---|"]
   notes: list[str] = []
   for c in claims(data):
-    setting = ", ".join(str(x) for x in (c.get("group"), c.get("metric")) if x)
+    setting = describe(c)
     verdict = f"**{c['verdict']}**" if c["verdict"] != "within noise" else c["verdict"]
     paper = c.get("paper")
     if paper and len(paper) > 40:
@@ -125,7 +130,7 @@ def scoreboard(results_dir: pathlib.Path = RESULTS_DIR) -> str:
   out = []
   everything = []
   for paper, names in PAPERS:
-    out += [f"#### {paper}", ""]
+    out += [f"**{paper}**", ""]
     for name in names:
       data = load(name, results_dir)
       if not claims(data):
@@ -136,7 +141,7 @@ def scoreboard(results_dir: pathlib.Path = RESULTS_DIR) -> str:
       n = counts(claims(data))
       out += [f"`benchmarks/{name}.py` — {n['holds']} hold, {n['within noise']} "
               f"within noise, {n['reversed']} reversed "
-              f"([table and plots](benchmarks/results/{name}.md)):", ""]
+              f"(tables: `benchmarks/results/{name}.md`):", ""]
       out += claims_table(name, data) + [""]
       line = tuning_line(data)
       if line:
