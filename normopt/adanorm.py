@@ -38,7 +38,6 @@ from __future__ import annotations
 from typing import Any, get_args, Literal, NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -72,8 +71,7 @@ class ScaleByAdaNormState(NamedTuple):
   e: Any  # per leaf, EMA of its block's gradient norm (keepdims shape).
   mu: Any  # first moment, of the corrected gradient s.
   nu: Any  # second moment, of g (Adam/diffGrad/RAdam) or of (g - m).
-  g_prev: Any  # diffGrad: per leaf two rows (2, *shape), else EmptyState().
-  g_row: Any  # diffGrad: int32 scalar, the row holding the previous g.
+  g_prev: Any  # previous raw gradient (diffGrad), else optax.EmptyState().
 
 
 class ScaleByDiffGradState(NamedTuple):
@@ -82,10 +80,7 @@ class ScaleByDiffGradState(NamedTuple):
   count: jax.Array  # type: ignore[assignment]  # shape=(), int32.
   mu: Any
   nu: Any
-  # Per leaf two rows, shape (2, *leaf.shape): row ``g_row`` holds the
-  # previous gradient (zeros at init); the other row receives the current one.
-  g_prev: Any
-  g_row: jax.Array  # shape=(), int32: 0 or 1.
+  g_prev: Any  # previous gradient, zeros at init.
 
 
 # ---------------------------------------------------------------------------
@@ -124,22 +119,15 @@ def _scaled(g, factor):
   return (g * factor).astype(jnp.result_type(g))
 
 
-def _two_rows(p):
-  """Zeros of shape ``(2, *p.shape)``, typed as the rows diffGrad writes."""
-  return zeros_typed(jax.eval_shape(lambda x: jnp.stack([x, x]), p))
-
-
 def _moments_init(params, mu_dtype, with_g_prev):
-  """``(mu, nu, g_prev, g_row)``; without ``g_prev`` the last two are empty."""
   mu = optax.tree.zeros_like(params, dtype=mu_dtype)
   nu = optax.tree.zeros_like(params)
-  if not with_g_prev:
-    return mu, nu, optax.EmptyState(), optax.EmptyState()
-  return mu, nu, jax.tree.map(_two_rows, params), jnp.zeros([], jnp.int32)
+  g_prev = optax.tree.zeros_like(params) if with_g_prev else optax.EmptyState()
+  return mu, nu, g_prev
 
 
 def _moments_update(
-    kind, g, factor, mu, nu, g_prev, g_row, count, *, b1, b2, eps, eps_root,
+    kind, g, factor, mu, nu, g_prev, count, *, b1, b2, eps, eps_root,
     threshold, nesterov, mu_dtype, residual_uses_corrected,
 ):
   """The one Adam-family update shared by every optimizer in this module.
@@ -147,15 +135,8 @@ def _moments_update(
   ``s = g · factor`` (``factor=None``: ``s = g``) enters the first moment,
   ``g`` the second moment (AdaBelief: the residual ``g − m``, or ``s − m``
   with ``residual_uses_corrected``) and diffGrad's friction. Returns
-  ``(updates, mu, nu, g_prev, g_row, count_inc)``. Built leaf by leaf from
-  the shared moment updates, so that ``s`` is never stored (see
-  docs/design.md).
-
-  diffGrad double-buffers the previous gradient: ``g`` is written into the
-  free row first, and the friction reads row ``g_row`` of that result. The
-  reader then depends on the writer, so XLA updates the donated rows in place;
-  with one ``g_prev`` buffer, read by the step and overwritten by ``g``, it
-  copied the old ``g_prev`` into a full-size temporary every step.
+  ``(updates, mu, nu, g_prev, count_inc)``. Built leaf by leaf from the
+  shared moment updates, so that ``s`` is never stored (see docs/design.md).
   """
   count_inc = optax.safe_increment(count)
   # In the widest enabled float: float64 params get float64 corrections.
@@ -174,10 +155,6 @@ def _moments_update(
     # (threshold < 4); there it gives 0 instead of NaN.
     r = jnp.sqrt(jnp.maximum(r_sq, 0.0))
     rectify = ro >= threshold
-
-  if kind == "diffgrad":
-    free_row = 1 - g_row
-    zero = jnp.zeros_like(g_row)  # indices of one dtype, also under x64
 
   def leaf(gt, f, m, v, gp):
     dtype = jnp.result_type(gt)
@@ -201,15 +178,8 @@ def _moments_update(
     if kind == "radam":
       u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
     if kind == "diffgrad":
-      zeros = (zero,) * gt.ndim  # rows are never negative: no index wrapping
-      gp = lax.dynamic_update_slice(
-          gp, gt.astype(jnp.result_type(gp))[None], (free_row, *zeros),
-          allow_negative_indices=False,
-      )
-      prev = lax.dynamic_slice(
-          gp, (g_row, *zeros), (1, *gt.shape), allow_negative_indices=False
-      )[0]
-      u = jax.nn.sigmoid(jnp.abs(prev - gt)) * u
+      u = jax.nn.sigmoid(jnp.abs(gp - gt)) * u
+      gp = gt.astype(jnp.result_type(gp))
     m_new = m_new if mu_dtype is None else m_new.astype(mu_dtype)
     return u.astype(dtype), m_new, v_new.astype(jnp.result_type(v)), gp
 
@@ -233,8 +203,8 @@ def _moments_update(
       jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(4)
   )
   if kind == "diffgrad":
-    g_prev, g_row = new_prev, free_row
-  return u, new_mu, new_nu, g_prev, g_row, count_inc
+    g_prev = new_prev
+  return u, new_mu, new_nu, g_prev, count_inc
 
 
 # ---------------------------------------------------------------------------
@@ -405,12 +375,10 @@ def scale_by_adanorm_moments(
   mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
-    mu, nu, g_prev, g_row = _moments_init(
-        params, mu_dtype, kind == "diffgrad"
-    )
+    mu, nu, g_prev = _moments_init(params, mu_dtype, kind == "diffgrad")
     return ScaleByAdaNormState(
         count=jnp.zeros([], jnp.int32), e=_init_e(params, blocks, stacked),
-        mu=mu, nu=nu, g_prev=g_prev, g_row=g_row,
+        mu=mu, nu=nu, g_prev=g_prev,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -418,14 +386,14 @@ def scale_by_adanorm_moments(
     factor, e = _correct(
         updates, state.e, gamma, blocks, stacked, eps_norm, axis_name
     )
-    u, mu, nu, g_prev, g_row, count = _moments_update(
-        kind, updates, factor, state.mu, state.nu, state.g_prev, state.g_row,
-        state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        threshold=threshold, nesterov=nesterov, mu_dtype=mu_dtype,
+    u, mu, nu, g_prev, count = _moments_update(
+        kind, updates, factor, state.mu, state.nu, state.g_prev, state.count,
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold,
+        nesterov=nesterov, mu_dtype=mu_dtype,
         residual_uses_corrected=residual_uses_corrected,
     )
     return u, ScaleByAdaNormState(
-        count=count, e=e, mu=mu, nu=nu, g_prev=g_prev, g_row=g_row
+        count=count, e=e, mu=mu, nu=nu, g_prev=g_prev
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -458,9 +426,7 @@ def scale_by_diffgrad(
 
   Returns:
     An ``optax.GradientTransformation`` with state
-    :class:`ScaleByDiffGradState`: ``m``, ``v`` and the previous gradient in
-    two rows (the step writes one and reads the other), four arrays the size
-    of the parameters in all.
+    :class:`ScaleByDiffGradState`.
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -479,21 +445,18 @@ def scale_by_diffgrad(
   mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
-    mu, nu, g_prev, g_row = _moments_init(params, mu_dtype, True)
+    mu, nu, g_prev = _moments_init(params, mu_dtype, True)
     return ScaleByDiffGradState(
-        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, g_prev=g_prev,
-        g_row=g_row,
+        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, g_prev=g_prev
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    u, mu, nu, g_prev, g_row, count = _moments_update(
+    u, mu, nu, g_prev, count = _moments_update(
         "diffgrad", updates, None, state.mu, state.nu, state.g_prev,
-        state.g_row, state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        threshold=0.0, nesterov=False, mu_dtype=mu_dtype, residual_uses_corrected=False,
+        state.count, b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=0.0,
+        nesterov=False, mu_dtype=mu_dtype, residual_uses_corrected=False,
     )
-    return u, ScaleByDiffGradState(
-        count=count, mu=mu, nu=nu, g_prev=g_prev, g_row=g_row
-    )
+    return u, ScaleByDiffGradState(count=count, mu=mu, nu=nu, g_prev=g_prev)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

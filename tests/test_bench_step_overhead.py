@@ -77,8 +77,8 @@ def test_state_bytes_relations(quick_run):
       # One second moment per unit vector instead of per element.
       assert r["state_bytes"] < r["base_state_bytes"]
     if name == "diffgrad":
-      # Adam's state plus g_prev's two rows and their int32 row index.
-      assert r["extra_state_bytes"] == 2 * pbytes + 4
+      # Adam's state plus one param-sized g_prev.
+      assert r["extra_state_bytes"] == pbytes
 
 
 def test_targets_cover_the_issue(quick_run):
