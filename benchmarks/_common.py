@@ -542,6 +542,43 @@ def make_parser(doc: str, quick_help: str = "a tiny run (seconds), for tests"):
   return parser
 
 
+def check_same_config(parts: Sequence[dict], part_keys: Sequence[str]) -> None:
+  """Raises unless every part's ``config`` agrees outside ``part_keys``.
+
+  For ``--merge``: runs of disjoint method subsets, side by side as separate
+  processes, must share everything else (epochs, seeds, grid rule...).
+  """
+  strip = lambda part: {k: v for k, v in part["config"].items()
+                        if k not in part_keys}
+  base = strip(parts[0])
+  for part in parts:
+    cfg = strip(part)
+    if cfg != base:
+      raise ValueError("parts of different configurations: "
+                       f"{sorted(k for k in cfg if cfg[k] != base.get(k))}")
+
+
+def add_merge_arg(parser, name: str, subsets: str) -> None:
+  """The ``--merge DIR...`` option of a benchmark run in parts."""
+  parser.add_argument(
+      "--merge", nargs="+", default=None, metavar="DIR",
+      help=f"no training: merge the {name}.json of runs of disjoint "
+      f"{subsets} subsets (same configuration) into one result")
+
+
+def run_merge(parser, args, name: str, merge: Callable, markdown: Callable,
+              figures: dict[str, Callable]) -> dict:
+  """``--merge``: reads ``<dir>/<name>.json`` of every part, merges them with
+  ``merge(parts) -> (result, complete)`` and writes the result; an
+  incomplete set is a partial run (never into ``benchmarks/results/``)."""
+  parts = [json.loads((pathlib.Path(d) / f"{name}.json").read_text())
+           for d in args.merge]
+  result, complete = merge(parts)
+  out = output_dir(parser, args, name, partial=not complete)
+  write_results(out, name, result, markdown(result), figures)
+  return result
+
+
 def output_dir(parser, args, name: str, partial: bool = False) -> pathlib.Path:
   """Where this run writes, by the one policy (see the module docstring).
 

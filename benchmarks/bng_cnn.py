@@ -32,7 +32,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import json
 import time
 
 import flax.linen as nn
@@ -246,13 +245,9 @@ def merge(parts):
   on the shared machine. Claims are recomputed from the merged per-seed
   values. Returns ``(result, complete)``.
   """
-  base = {k: v for k, v in parts[0]["config"].items() if k not in _PART_KEYS}
+  _common.check_same_config(parts, _PART_KEYS)
   result = {"config": dict(parts[0]["config"]), "tuning": {}, "methods": {}}
   for part in parts:
-    cfg = {k: v for k, v in part["config"].items() if k not in _PART_KEYS}
-    if cfg != base:
-      raise ValueError("parts of different configurations: "
-                       f"{sorted(k for k in cfg if cfg[k] != base.get(k))}")
     if set(part["methods"]) & set(result["methods"]):
       raise ValueError("parts overlap")
     result["tuning"].update(part["tuning"])
@@ -281,21 +276,11 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--methods", nargs="*", default=None,
                       help="subset of methods (default: all; --quick: two)")
-  parser.add_argument(
-      "--merge", nargs="+", default=None, metavar="DIR",
-      help="no training: merge the bng_cnn.json of runs of disjoint "
-      "--methods subsets (same configuration) into one result")
+  _common.add_merge_arg(parser, "bng_cnn", "--methods")
   args = parser.parse_args(argv)
   if args.merge:
-    parts = []
-    for d in args.merge:
-      with open(f"{d}/bng_cnn.json") as f:
-        parts.append(json.load(f))
-    result, complete = merge(parts)
-    out = _common.output_dir(parser, args, "bng_cnn", partial=not complete)
-    _common.write_results(out, "bng_cnn", result, markdown(result),
-                          {"bng_cnn.png": plot})
-    return result
+    return _common.run_merge(parser, args, "bng_cnn", merge, markdown,
+                             {"bng_cnn.png": plot})
   out = _common.output_dir(parser, args, "bng_cnn",
                            partial=bool(args.epochs or args.methods))
 

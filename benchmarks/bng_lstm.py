@@ -34,7 +34,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -359,13 +358,9 @@ def merge(parts):
   recomputed from the merged per-seed values. Returns ``(result,
   complete)``.
   """
-  base = {k: v for k, v in parts[0]["config"].items() if k not in _PART_KEYS}
+  _common.check_same_config(parts, _PART_KEYS)
   result = {"config": dict(parts[0]["config"]), "tuning": {}, "runs": {}}
   for part in parts:
-    cfg = {k: v for k, v in part["config"].items() if k not in _PART_KEYS}
-    if cfg != base:
-      raise ValueError("parts of different configurations: "
-                       f"{sorted(k for k in cfg if cfg[k] != base.get(k))}")
     for length, runs in part["runs"].items():
       if set(runs) & set(result["runs"].get(length, {})):
         raise ValueError("parts overlap")
@@ -400,21 +395,11 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--lengths", type=int, nargs="*", default=None)
   parser.add_argument("--methods", nargs="*", default=None)
-  parser.add_argument(
-      "--merge", nargs="+", default=None, metavar="DIR",
-      help="no training: merge the bng_lstm.json of runs of disjoint "
-      "--lengths/--methods subsets (same configuration) into one result")
+  _common.add_merge_arg(parser, "bng_lstm", "--lengths/--methods")
   args = parser.parse_args(argv)
   if args.merge:
-    parts = []
-    for d in args.merge:
-      with open(f"{d}/bng_lstm.json") as f:
-        parts.append(json.load(f))
-    result, complete = merge(parts)
-    out = _common.output_dir(parser, args, "bng_lstm", partial=not complete)
-    _common.write_results(out, "bng_lstm", result, markdown(result),
-                          {"bng_lstm.png": plot})
-    return result
+    return _common.run_merge(parser, args, "bng_lstm", merge, markdown,
+                             {"bng_lstm.png": plot})
   out = _common.output_dir(
       parser, args, "bng_lstm",
       partial=bool(args.steps or args.lengths or args.methods))
