@@ -23,7 +23,7 @@ def common(load_bench):
 
 
 def _committed(sb):
-  return {n: sb.load(n) for n in sb.BENCHMARKS if sb.load(n) is not None}
+  return {n: data for n in sb.BENCHMARKS if (data := sb.load(n)) is not None}
 
 
 def test_readme_holds_the_current_scoreboard(sb):
