@@ -32,6 +32,10 @@ from normopt.normalization import clip_block_norm
 from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.normalization import ScaleByAdagradBNGState
+from normopt.norms import NormSpec
+from normopt.norms import NORMS
+from normopt.norms import NS_PRESETS
+from normopt.norms import polar_factors
 from normopt.schedules import stagewise_schedule
 from normopt.spherical import nd_adam_transform
 from normopt.spherical import NDAdamState
@@ -48,6 +52,9 @@ __all__ = (
     "AdaNormState",
     "BlockSpec",
     "NDAdamState",
+    "NORMS",
+    "NS_PRESETS",
+    "NormSpec",
     "ScaleByAdaNormState",
     "ScaleByAdagradBNGState",
     "ScaleByDiffGradState",
@@ -73,6 +80,7 @@ __all__ = (
     "nd_adam_transform",
     "ngadap_scale",
     "normalize_vectors",
+    "polar_factors",
     "radam_norm",
     "s_sngd",
     "scale_by_adagrad_bng",

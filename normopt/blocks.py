@@ -519,3 +519,32 @@ def check_same_structure(updates: Any, other: Any, name: str, what: str = "param
         f"({s_u.num_leaves} vs {s_o.num_leaves} leaves).\n"
         f"updates: {s_u}\n{what}: {s_o}"
     )
+
+
+def leaf_blocks(
+    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None, name: str = "blocks"
+) -> list[tuple[Any, int]]:
+  """Per flattened leaf of ``tree``: ``(block key, elements per block)``.
+
+  The element count is that of one block (of one stacked slice, or of one
+  unit for ``"unit"`` blocks), summed over the block's leaves: the ``n_b``
+  of the ``"rms"`` norm. Leaves with equal keys share a block.
+  """
+  check_blocks(blocks, name)
+  paths, leaves, counts, _ = flatten_stacked(tree, stacked, name)
+  parts = _leaf_partition(paths, leaves, counts, blocks)
+  _check_group_shapes(paths, leaves, parts, name)
+  per_leaf = []
+  for leaf, (key, axes, keepdims, k) in zip(leaves, parts, strict=True):
+    shape = jnp.shape(leaf)
+    if keepdims or key == "global":
+      per_leaf.append(int(np.prod([shape[a] for a in axes], dtype=np.int64)))
+    else:
+      per_leaf.append(int(np.prod(shape[k:], dtype=np.int64)))
+  totals: dict[Any, int] = {}
+  for (key, _, keepdims, _), n in zip(parts, per_leaf, strict=True):
+    totals[(key, keepdims)] = n if keepdims else totals.get((key, keepdims), 0) + n
+  return [
+      (key, n if keepdims else totals[(key, keepdims)])
+      for (key, _, keepdims, _), n in zip(parts, per_leaf, strict=True)
+  ]

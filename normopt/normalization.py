@@ -17,6 +17,11 @@ from normopt.blocks import check_blocks
 from normopt.blocks import check_same_structure
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
+from normopt.norms import check_norm
+from normopt.norms import DEFAULT_NS_COEFFS
+from normopt.norms import directions
+from normopt.norms import ns_coefficients
+from normopt.norms import NormSpec
 
 
 def _scale_leaves(updates, scales):
@@ -32,16 +37,28 @@ def block_normalize(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    norm: NormSpec = "l2",
+    ns_steps: int = 5,
+    ns_coeffs: Any = DEFAULT_NS_COEFFS,
+    grouped: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Normalizes each block of the gradient to unit Euclidean norm.
+  r"""Replaces each block of the gradient by its unit direction under a norm.
 
   .. math::
-    \tilde g_b = g_b / \max(\|g_b\|_2, \epsilon)
+    \tilde g_b = g_b / \max(\|g_b\|_2, \epsilon) \quad (\texttt{norm="l2"})
 
   With ``blocks="layer"`` this is the "NG" step of block-normalized gradient
   descent (BNG): each layer's kernel and bias together get unit norm, and the
   result feeds any optax optimizer. With ``blocks="global"`` it is the
   normalized gradient of SNGD. A zero block stays zero.
+
+  ``norm`` picks the norm whose steepest direction replaces each block
+  (:mod:`normopt.norms`): ``"l2"`` (above), ``"rms"`` (unit RMS: the ``"l2"``
+  direction times ``√n_b``), ``"sign"`` (``sign(g)``: signSGD, and Signum
+  after momentum) or ``"spectral"`` (the polar factor ``U Vᵀ`` of each
+  leaf's matrix by Newton–Schulz: Muon's direction; ``blocks="leaf"`` only).
+  A callable ``(path, leaf) -> name`` or a pytree prefix of names picks per
+  leaf; the leaves of one block must share a norm.
 
   Args:
     blocks: ``"leaf"``, ``"layer"``, ``"global"``, ``"unit"`` or a callable
@@ -52,6 +69,14 @@ def block_normalize(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    norm: ``"l2"``, ``"rms"``, ``"sign"``, ``"spectral"``, a callable
+      ``(path, leaf) -> name`` or a pytree prefix of names.
+    ns_steps: Newton–Schulz steps for ``"spectral"``.
+    ns_coeffs: Newton–Schulz ``(a, b, c)``, one per step, or a preset name
+      (:data:`normopt.NS_PRESETS`); default Muon's.
+    grouped: orthogonalize the ``"spectral"`` matrices of equal shape and
+      dtype together (split across the mesh's devices under a mesh);
+      ``False`` runs each leaf on its own.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -63,15 +88,32 @@ def block_normalize(
     >>> u, _ = tx.update(g, tx.init(g))
     >>> round(float(optax.tree.norm(u)), 4)
     1.0
+    >>> spec = normopt.block_normalize(blocks="leaf", norm="spectral",
+    ...                                ns_coeffs="cubic", ns_steps=40)
+    >>> g = {"w": jnp.array([[3.0, 0.0], [0.0, 0.5]])}
+    >>> u, _ = spec.update(g, spec.init(g))
+    >>> [round(float(s), 3) for s in jnp.linalg.svd(u["w"], compute_uv=False)]
+    [1.0, 1.0]
 
   References:
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
-    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
+    Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017;
+    Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
+    <https://arxiv.org/abs/2409.20325>`_, 2024; Jordan et al., `Muon
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024.
   """
   check_blocks(blocks, "block_normalize")
+  check_norm(norm, blocks, axis_name, "block_normalize")
+  ns_coefficients(ns_coeffs, ns_steps)  # raises early on bad coefficients
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    if not (isinstance(norm, str) and norm == "l2"):
+      return directions(
+          updates, norm=norm, blocks=blocks, stacked=stacked,
+          axis_name=axis_name, eps=eps, ns_steps=ns_steps,
+          ns_coeffs=ns_coeffs, grouped=grouped, name="block_normalize",
+      ), state
     scales = block_norm_map(
         lambda n: inv_norm(n, eps), updates,
         blocks=blocks, stacked=stacked, axis_name=axis_name,

@@ -1,0 +1,404 @@
+"""Norms: a block's steepest direction under a chosen norm (DESIGN §7).
+
+The normalized step replaces a block's gradient (or momentum) ``g_b`` by the
+linear minimization oracle of the norm's unit ball,
+``d_b = argmax_{‖d‖ ≤ 1} <g_b, d>``. Under the Euclidean norm that is BNG's
+and SNGD's ``g_b / ‖g_b‖``; under the max norm it is ``sign(g_b)``
+(signSGD, Signum); under the spectral norm it is the polar factor ``U Vᵀ`` of
+the block's matrix (Muon).
+
+====================  ==========================================  ============
+``norm``              ``d_b``                                     blocks
+====================  ==========================================  ============
+``"l2"``              ``g_b / max(‖g_b‖₂, eps)``                  every mode
+``"rms"``             ``√n_b · g_b / max(‖g_b‖₂, eps)`` (unit     every mode
+                      RMS; ``n_b`` the block's element count)
+``"sign"``            ``sign(g_b)`` (0 where ``g = 0``)           every mode
+``"spectral"``        polar factor ``U Vᵀ`` of ``G = U Σ Vᵀ``,    ``"leaf"``
+                      by Newton–Schulz
+====================  ==========================================  ============
+
+Each norm is one row of :data:`NORMS`; the block machinery
+(:mod:`normopt.blocks`: blocks, stacked slices, ``axis_name``, dtypes, zero
+blocks) calls the row and never asks which norm it is.
+
+**The matrix of a leaf** (``"spectral"``): its non-stacked axes, all but the
+last flattened into rows (fan-in) and the last as columns (fan-out): Dense
+``(in, out)`` stays ``(in, out)``, Conv HWIO becomes ``(H·W·I, O)``. Each
+stacked slice is its own matrix. A leaf with fewer than two non-stacked axes
+gets its ``"l2"`` direction (the polar factor of a vector).
+
+**Newton–Schulz.** The matrix is divided by its Frobenius norm (plus
+``eps``), then ``ns_steps`` times ``X ← a·X + b·(X Xᵀ)X + c·(X Xᵀ)²X`` on the
+orientation with the smaller Gram matrix, in float32 or wider. Muon's default
+coefficients (``"muon"`` in :data:`NS_PRESETS`) trade exactness for speed:
+singular values end near 0.7–1.2. ``(1.5, -0.5, 0.0)`` (``"cubic"``)
+converges to ``U Vᵀ`` with enough steps.
+
+**Grouping.** The matrices of one call that share a shape and dtype (after
+the matrix view, the orientation and the stacked slices) are orthogonalized
+together: one batched program per group, not one per leaf. Under
+``jax.set_mesh`` (or on leaves sharded on an Explicit mesh) each group is
+split across the mesh's devices by matrix: each device orthogonalizes whole
+matrices, and the results go back to the parameters' own shardings. A group
+with fewer matrices than devices is padded with zero matrices to a multiple
+of the device count (the padding costs compute on the otherwise idle devices,
+not communication).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import math
+from typing import Any, NamedTuple, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normopt._numerics import acc_dtype
+from normopt._numerics import inv_norm
+from normopt.blocks import block_norm_map
+from normopt.blocks import BlockSpec
+from normopt.blocks import flatten_stacked
+from normopt.blocks import leaf_blocks
+from normopt.blocks import StackedSpec
+
+#: A norm name, a callable ``(path, leaf) -> name`` or a pytree prefix of names.
+NormSpec: TypeAlias = str | Callable[[Any, Any], str] | Any
+
+#: Newton–Schulz coefficient presets: one ``(a, b, c)`` or one per step.
+NS_PRESETS: dict[str, Any] = {
+    # Jordan et al. 2024 (Muon): fast, not convergent (σ end in ~[0.7, 1.2]).
+    "muon": (3.4445, -4.7750, 2.0315),
+    # Ahn et al. 2025 (Dion), as optax.contrib.muon's "dion" preset.
+    "dion": (
+        (4.0848, -6.8946, 2.9270),
+        (3.9505, -6.3029, 2.6377),
+        (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046),
+        (2.8366, -3.0525, 1.2012),
+    ),
+    # The classical cubic iteration: converges to U Vᵀ (slowly near σ = 0).
+    "cubic": (1.5, -0.5, 0.0),
+}
+
+DEFAULT_NS_COEFFS = NS_PRESETS["muon"]
+
+
+def ns_coefficients(ns_coeffs: Any, ns_steps: int) -> list[tuple[Any, Any, Any]]:
+  """The ``(a, b, c)`` of each Newton–Schulz step.
+
+  ``ns_coeffs`` is one ``(a, b, c)`` (used ``ns_steps`` times), a sequence
+  of them (one per step: its length is the number of steps and ``ns_steps``
+  is ignored, as in ``optax.contrib.muon``), or the name of a preset in
+  :data:`NS_PRESETS`.
+  """
+  if isinstance(ns_coeffs, str):
+    if ns_coeffs not in NS_PRESETS:
+      raise ValueError(
+          f"unknown ns_coeffs preset {ns_coeffs!r}; known: {sorted(NS_PRESETS)}.")
+    ns_coeffs = NS_PRESETS[ns_coeffs]
+  shape = np.shape(ns_coeffs)
+  if len(shape) == 1 and shape[0] == 3:
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, (int, np.integer)) or ns_steps < 0:
+      raise ValueError(f"ns_steps must be an int >= 0, got {ns_steps!r}.")
+    return [tuple(ns_coeffs)] * int(ns_steps)  # type: ignore[list-item]
+  if len(shape) == 2 and shape[1] == 3:
+    return [tuple(row) for row in ns_coeffs]
+  raise ValueError(
+      f"ns_coeffs must be one (a, b, c), a sequence of them or a preset name, "
+      f"got shape {shape}.")
+
+
+def _ns_step(x, abc):
+  """``a·X + (b·A + c·A²)·X`` with ``A = X Xᵀ``, batched over axis 0."""
+  a, b, c = abc
+  gram = jnp.einsum("bij,bkj->bik", x, x)
+  poly = b * gram + c * jnp.einsum("bij,bjk->bik", gram, gram)
+  return a * x + jnp.einsum("bij,bjk->bik", poly, x)
+
+
+def newton_schulz(x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any) -> jax.Array:
+  """Newton–Schulz on a batch of wide matrices ``(B, m, n)``, ``m <= n``.
+
+  Divides each matrix by its Frobenius norm plus ``eps`` (a zero matrix stays
+  zero), then applies the steps. Computes in ``x``'s dtype.
+  """
+  # Squares of x·2^-16 (see docs/design.md, "The 2^-16 prescale"): no
+  # overflow for float32 entries up to ~1e24.
+  shift = jnp.asarray(2.0 ** -16, x.dtype)
+  fro = jnp.sqrt(jnp.sum(jnp.square(x * shift), axis=(-2, -1), keepdims=True)) / shift
+  x = x * inv_norm(fro + eps, 0.0)
+  for abc in steps:
+    x = _ns_step(x, abc)
+  return x
+
+
+def _mesh_of(arrays):
+  """The mesh to split groups over: the context's, else an Explicit leaf's."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh
+  for x in arrays:
+    sh = getattr(jax.typeof(x), "sharding", None)
+    m = getattr(sh, "mesh", None)
+    if m is not None and not m.empty and _explicit(m):
+      return m
+  return None
+
+
+def _split_axes(mesh):
+  """The mesh axes a group's matrix axis is split over, and their size."""
+  if mesh is None:
+    return (), 1
+  names = tuple(mesh.axis_names)
+  return names, math.prod(mesh.axis_sizes)
+
+
+def _explicit(mesh):
+  return any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+
+
+def _constrain(x, mesh, spec):
+  """``x`` laid out as ``spec`` on ``mesh`` (reshard on Explicit axes)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    target: Any = jax.sharding.NamedSharding(mesh, spec)
+  else:
+    target = spec
+  if _explicit(mesh):
+    return jax.sharding.reshard(x, target)
+  return jax.lax.with_sharding_constraint(x, target)
+
+
+def _explicit_spec(x):
+  """The PartitionSpec of ``x`` if it is sharded on Explicit axes, else None."""
+  sh = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sh, "mesh", None)
+  if mesh is None or mesh.empty or not _explicit(mesh):
+    return None
+  return sh.spec
+
+
+def polar_factors(
+    mats: Sequence[jax.Array],
+    *,
+    ns_steps: int = 5,
+    ns_coeffs: Any = DEFAULT_NS_COEFFS,
+    eps: Any = 1e-12,
+    grouped: bool = True,
+) -> list[jax.Array]:
+  """Approximate polar factors ``U Vᵀ`` of batches of matrices.
+
+  Args:
+    mats: arrays of shape ``(B, m, n)``: ``B`` matrices each (stacked slices).
+    ns_steps: Newton–Schulz steps (with one ``(a, b, c)``).
+    ns_coeffs: one ``(a, b, c)``, one per step, or a preset name
+      (:data:`NS_PRESETS`).
+    eps: added to each matrix's Frobenius norm before dividing by it.
+    grouped: orthogonalize matrices of equal shape and dtype together (and,
+      under a mesh, split each group across its devices by matrix); ``False``
+      runs each array on its own, as ``optax.contrib.muon`` does per leaf.
+
+  Returns:
+    The polar factors, each of its input's shape, in float32 or wider.
+  """
+  steps = ns_coefficients(ns_coeffs, ns_steps)
+  mesh = _mesh_of(mats) if grouped else None
+  axes, n_dev = _split_axes(mesh)
+  # Each matrix in its wide orientation (m <= n): the Gram matrix is m x m.
+  oriented, groups = [], {}
+  for i, x in enumerate(mats):
+    x = x.astype(acc_dtype(x))
+    wide = x.shape[-2] <= x.shape[-1]
+    x = x if wide else jnp.swapaxes(x, -1, -2)
+    oriented.append((x, wide))
+    key = (x.shape[-2:], x.dtype) if grouped else i
+    groups.setdefault(key, []).append(i)
+  out: list[Any] = [None] * len(mats)
+  for members in groups.values():
+    xs = [oriented[i][0] for i in members]
+    sizes = [x.shape[0] for x in xs]
+    if mesh is not None and _explicit(mesh) and len({_explicit_spec(x) for x in xs}) > 1:
+      # Concatenation needs one layout: members laid out alike stay as they are.
+      xs = [_constrain(x, mesh, jax.sharding.PartitionSpec()) for x in xs]
+    batch = xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)
+    if n_dev > 1:
+      pad = -batch.shape[0] % n_dev
+      if pad:  # zero matrices (they stay zero), padded in place of any layout
+        batch = jnp.pad(batch, ((0, pad), (0, 0), (0, 0)))
+      batch = _constrain(batch, mesh, jax.sharding.PartitionSpec(axes))
+    res = newton_schulz(batch, steps, eps)
+    if n_dev > 1:
+      res = _constrain(res, mesh, jax.sharding.PartitionSpec())
+    start = 0
+    for i, n in zip(members, sizes, strict=True):
+      y = res[start:start + n] if len(members) > 1 or n != res.shape[0] else res
+      start += n
+      out[i] = y if oriented[i][1] else jnp.swapaxes(y, -1, -2)
+  return out
+
+
+class Norm(NamedTuple):
+  """One row of the norms table.
+
+  Exactly one of ``scale``, ``elementwise`` and ``matrix`` is set:
+  ``scale(norm, n)`` gives the factor ``d_b = g_b · scale`` from the block's
+  Euclidean norm and element count; ``elementwise(g)`` gives ``d`` directly;
+  ``matrix`` marks a norm on each leaf's matrices (by :func:`polar_factors`).
+  ``modes`` lists the block modes the norm is defined for (``None``: all).
+  """
+
+  scale: Callable[[Any, Any], Any] | None = None
+  elementwise: Callable[[Any], Any] | None = None
+  matrix: bool = False
+  modes: tuple[str, ...] | None = None
+
+
+#: The norms of :func:`normopt.block_normalize`, by name.
+NORMS: dict[str, Norm] = {
+    "l2": Norm(scale=lambda n, size: 1.0),
+    "rms": Norm(scale=lambda n, size: math.sqrt(size)),
+    "sign": Norm(elementwise=jnp.sign),
+    "spectral": Norm(matrix=True, modes=("leaf",)),
+}
+
+
+def _leaf_norm_names(tree, paths, leaves, norm, name):
+  """The norm name of every flattened leaf, checked against the table."""
+  if isinstance(norm, str):
+    names = [norm] * len(leaves)
+  elif callable(norm):
+    names = [norm(p, x) for p, x in zip(paths, leaves, strict=True)]
+  else:
+    try:
+      full = jax.tree.map(lambda k, sub: jax.tree.map(lambda _: k, sub), norm, tree)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"{name}: norm must be a name, a callable (path, leaf) -> name or a "
+          f"pytree prefix of names; its structure does not fit the tree: {e}"
+      ) from e
+    names = jax.tree.leaves(full)
+    if len(names) != len(leaves):
+      raise ValueError(f"{name}: norm is not a pytree prefix of the tree.")
+  for p, n in zip(paths, names, strict=True):
+    if n not in NORMS:
+      raise ValueError(
+          f"{name}: unknown norm {n!r} for {jax.tree_util.keystr(p)}; "
+          f"known: {sorted(NORMS)}.")
+  return names
+
+
+def check_norm(norm: NormSpec, blocks: BlockSpec, axis_name: Any, name: str) -> None:
+  """Raises early for a single norm name that the block mode forbids."""
+  if isinstance(norm, str):
+    if norm not in NORMS:
+      raise ValueError(f"{name}: unknown norm {norm!r}; known: {sorted(NORMS)}.")
+    _check_mode(norm, blocks, axis_name, name, "")
+
+
+def _check_mode(norm_name, blocks, axis_name, name, where):
+  row = NORMS[norm_name]
+  if row.modes is not None and (callable(blocks) or blocks not in row.modes):
+    raise ValueError(
+        f"{name}: norm={norm_name!r} is defined per leaf (one matrix per leaf "
+        f"or stacked slice) and needs blocks in {row.modes}, got "
+        f"blocks={blocks!r}{where}.")
+  if row.matrix and axis_name is not None:
+    raise ValueError(
+        f"{name}: norm={norm_name!r} with axis_name={axis_name!r}: a matrix split "
+        f"across a mapped axis cannot be orthogonalized shard by shard. Run the "
+        f"spectral leaves without axis_name (leaves whole on each shard, or "
+        f"split only along a stacked axis), e.g. in their own optax.partition "
+        f"group, or under jit with a NamedSharding, where the result is global{where}.")
+
+
+def matrix_view(shape: Sequence[int], stacked: int) -> tuple[int, int, int] | None:
+  """``(slices, rows, cols)`` of a leaf's matrices, or None for a vector."""
+  rest = tuple(shape[stacked:])
+  if len(rest) < 2:
+    return None
+  return (
+      int(np.prod(shape[:stacked], dtype=np.int64)),
+      int(np.prod(rest[:-1], dtype=np.int64)),
+      int(rest[-1]),
+  )
+
+
+def directions(
+    updates: Any,
+    *,
+    norm: NormSpec = "l2",
+    blocks: BlockSpec = "layer",
+    stacked: StackedSpec = None,
+    axis_name: str | None = None,
+    eps: Any = 1e-12,
+    ns_steps: int = 5,
+    ns_coeffs: Any = DEFAULT_NS_COEFFS,
+    grouped: bool = True,
+    name: str = "block_normalize",
+) -> Any:
+  """Every block's direction ``d_b`` under its norm (see the module docstring).
+
+  Returns a pytree like ``updates``, each leaf in its own dtype.
+  """
+  paths, leaves, counts, treedef = flatten_stacked(updates, stacked, name)
+  if not leaves:
+    return updates
+  names = _leaf_norm_names(updates, paths, leaves, norm, name)
+  keys = leaf_blocks(updates, blocks, stacked=stacked, name=name)
+  first: dict[Any, tuple[str, Any]] = {}
+  for p, n, (key, _) in zip(paths, names, keys, strict=True):
+    if key in first and first[key][0] != n:
+      raise ValueError(
+          f"{name}: leaves of one block must share a norm, got {first[key][0]!r} "
+          f"at {jax.tree_util.keystr(first[key][1])} and {n!r} at "
+          f"{jax.tree_util.keystr(p)}.")
+    first.setdefault(key, (n, p))
+  for n in set(names):
+    _check_mode(n, blocks, axis_name, name, "")
+  out: list[Any] = [None] * len(leaves)
+
+  def subtree(sel):
+    return jax.tree_util.tree_unflatten(
+        treedef, [x if s else None for x, s in zip(leaves, sel, strict=True)])
+
+  # Norms that scale each block by a function of its Euclidean norm.
+  scaled = [NORMS[n].scale is not None for n in names]
+  # Vectors under "spectral" get their l2 direction, one block per slice.
+  vec = [
+      NORMS[n].matrix and matrix_view(jnp.shape(x), k) is None
+      for n, x, k in zip(names, leaves, counts, strict=True)
+  ]
+  for sel, mode in ((scaled, blocks), (vec, "leaf")):
+    if not any(sel):
+      continue
+    inv = jax.tree.leaves(block_norm_map(
+        lambda n: inv_norm(n, eps), subtree(sel),
+        blocks=mode, stacked=stacked, axis_name=axis_name))
+    idx = [i for i, s in enumerate(sel) if s]
+    for i, s in zip(idx, inv, strict=True):
+      x = leaves[i]
+      f = NORMS[names[i]].scale(None, keys[i][1]) if sel is scaled else 1.0
+      s = s * f if not (isinstance(f, float) and f == 1.0) else s
+      out[i] = (x * s).astype(jnp.result_type(x))
+  for i, (x, n) in enumerate(zip(leaves, names, strict=True)):
+    fn = NORMS[n].elementwise
+    if fn is not None:
+      out[i] = fn(x).astype(jnp.result_type(x))
+  mat_idx = [i for i, n in enumerate(names) if NORMS[n].matrix and not vec[i]]
+  if mat_idx:
+    mats = []
+    for i in mat_idx:
+      b, m, n = matrix_view(jnp.shape(leaves[i]), counts[i])  # type: ignore[misc]
+      mats.append(jnp.reshape(leaves[i], (b, m, n)))
+    polars = polar_factors(
+        mats, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, grouped=grouped)
+    for i, y in zip(mat_idx, polars, strict=True):
+      x = leaves[i]
+      y = jnp.reshape(y, jnp.shape(x)).astype(jnp.result_type(x))
+      spec = _explicit_spec(x)
+      if spec is not None:
+        y = _constrain(y, jax.typeof(x).sharding.mesh, spec)
+      out[i] = y
+  return jax.tree_util.tree_unflatten(treedef, out)
