@@ -32,8 +32,8 @@ from normopt.normalization import clip_block_norm
 from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.normalization import ScaleByAdagradBNGState
-from normopt.norms import NormSpec
 from normopt.norms import NORMS
+from normopt.norms import NormSpec
 from normopt.norms import NS_PRESETS
 from normopt.norms import polar_factors
 from normopt.schedules import stagewise_schedule

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def acc_dtype(x: Any) -> Any:
@@ -29,15 +30,43 @@ def inv_norm(norm: jax.Array, eps: Any) -> jax.Array:
   return jnp.where(pos, 1.0 / jnp.where(pos, jnp.maximum(norm, eps), 1), 0)
 
 
-def zeros_typed(aval: Any) -> jax.Array:
+def zeros_typed(aval: Any, like: Any = ()) -> jax.Array:
   """Zeros of an abstract value's shape, dtype and sharding.
 
   For state built from ``jax.eval_shape`` of what the update computes: under
   sharding in types the zeros carry the update's sharding, so the state's
   type does not change after a step; inside ``shard_map`` they are invariant
   across the mapped axes, like any freshly made constant.
+
+  Outside ``jax.set_mesh`` an Explicit sharding from ``eval_shape`` names only
+  an abstract mesh, which has no devices to put the zeros on; they go on the
+  devices of the first leaf of ``like`` (the params) whose mesh it is, as
+  ``jnp.zeros_like(leaf)`` places them.
   """
-  return jnp.zeros(aval.shape, aval.dtype, out_sharding=aval.sharding)
+  sharding = aval.sharding
+  mesh = getattr(sharding, "mesh", None)
+  if isinstance(mesh, jax.sharding.AbstractMesh) and jax.sharding.get_mesh().empty:
+    for leaf in jax.tree.leaves(like):
+      leaf_sharding = None if isinstance(leaf, jax.core.Tracer) else getattr(leaf, "sharding", None)
+      leaf_mesh = getattr(leaf_sharding, "mesh", None)
+      if isinstance(leaf_mesh, jax.sharding.Mesh) and leaf_mesh.abstract_mesh == mesh:
+        sharding = jax.sharding.NamedSharding(leaf_mesh, sharding.spec)
+        break
+  return jnp.zeros(aval.shape, aval.dtype, out_sharding=sharding)
+
+
+def decayed_weights(
+    weight_decay: Any, mask: Any
+) -> optax.GradientTransformation | None:
+  """``optax.add_decayed_weights(weight_decay, mask)``; None for a literal 0.
+
+  A Python-number 0 adds nothing, so an alias without decay keeps its state
+  and needs no ``params``; any other rate (traced by ``inject_hyperparams``,
+  or a schedule) gets optax's transformation.
+  """
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    return None
+  return optax.add_decayed_weights(weight_decay, mask)
 
 
 def where_pos(x: jax.Array, fn: Any) -> jax.Array:

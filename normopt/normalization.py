@@ -20,8 +20,8 @@ from normopt.blocks import StackedSpec
 from normopt.norms import check_norm
 from normopt.norms import DEFAULT_NS_COEFFS
 from normopt.norms import directions
-from normopt.norms import ns_coefficients
 from normopt.norms import NormSpec
+from normopt.norms import ns_coefficients
 
 
 def _scale_leaves(updates, scales):
