@@ -103,7 +103,7 @@ def ns_coefficients(ns_coeffs: Any, ns_steps: int) -> list[tuple[Any, Any, Any]]
   if len(shape) == 1 and shape[0] == 3:
     if isinstance(ns_steps, bool) or not isinstance(ns_steps, (int, np.integer)) or ns_steps < 0:
       raise ValueError(f"ns_steps must be an int >= 0, got {ns_steps!r}.")
-    return [tuple(ns_coeffs)] * int(ns_steps)  # type: ignore[list-item]
+    return [tuple(ns_coeffs)] * int(ns_steps)
   if len(shape) == 2 and shape[1] == 3:
     return [tuple(row) for row in ns_coeffs]
   raise ValueError(
@@ -177,7 +177,7 @@ def _explicit_spec(x):
   mesh = getattr(sh, "mesh", None)
   if mesh is None or mesh.empty or not _explicit(mesh):
     return None
-  return sh.spec
+  return getattr(sh, "spec", None)
 
 
 def polar_factors(
@@ -207,7 +207,8 @@ def polar_factors(
   mesh = _mesh_of(mats) if grouped else None
   axes, n_dev = _split_axes(mesh)
   # Each matrix in its wide orientation (m <= n): the Gram matrix is m x m.
-  oriented, groups = [], {}
+  oriented: list[tuple[Any, bool]] = []
+  groups: dict[Any, list[int]] = {}
   for i, x in enumerate(mats):
     x = x.astype(acc_dtype(x))
     wide = x.shape[-2] <= x.shape[-1]
@@ -379,7 +380,8 @@ def directions(
     idx = [i for i, s in enumerate(sel) if s]
     for i, s in zip(idx, inv, strict=True):
       x = leaves[i]
-      f = NORMS[names[i]].scale(None, keys[i][1]) if sel is scaled else 1.0
+      scale_fn = NORMS[names[i]].scale
+      f = scale_fn(None, keys[i][1]) if sel is scaled and scale_fn is not None else 1.0
       s = s * f if not (isinstance(f, float) and f == 1.0) else s
       out[i] = (x * s).astype(jnp.result_type(x))
   for i, (x, n) in enumerate(zip(leaves, names, strict=True)):
