@@ -27,6 +27,10 @@ from normopt.blocks import block_partition
 from normopt.blocks import BlockSpec
 from normopt.blocks import stacked_under
 from normopt.blocks import StackedSpec
+from normopt.muon import muon
+from normopt.muon import scale_by_muon_momentum
+from normopt.muon import scale_by_width
+from normopt.muon import ScaleByMuonMomentumState
 from normopt.normalization import block_normalize
 from normopt.normalization import clip_block_norm
 from normopt.normalization import ngadap_scale
@@ -58,6 +62,7 @@ __all__ = (
     "ScaleByAdaNormState",
     "ScaleByAdagradBNGState",
     "ScaleByDiffGradState",
+    "ScaleByMuonMomentumState",
     "ScaleByVectorAdamState",
     "StackedSpec",
     "VectorAxes",
@@ -76,6 +81,7 @@ __all__ = (
     "diffgrad",
     "diffgrad_norm",
     "losses",
+    "muon",
     "nd_adam",
     "nd_adam_transform",
     "ngadap_scale",
@@ -86,7 +92,9 @@ __all__ = (
     "scale_by_adagrad_bng",
     "scale_by_adanorm_moments",
     "scale_by_diffgrad",
+    "scale_by_muon_momentum",
     "scale_by_vector_adam",
+    "scale_by_width",
     "sgd_ng",
     "sgd_ngadap",
     "sngd",

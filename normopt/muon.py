@@ -1,0 +1,282 @@
+"""Muon from normopt's primitive: momentum, then the spectral block direction.
+
+Muon (Jordan et al. 2024) is the normalized step under the spectral norm:
+Nesterov momentum, then each matrix replaced by its polar factor ``U Vᵀ``
+(:func:`normopt.block_normalize` with ``blocks="leaf", norm="spectral"``),
+then a width scale ``√max(1, fan_out/fan_in)``; Adam for the other leaves.
+Spelled out as a chain, for the matrices::
+
+  optax.chain(
+      normopt.scale_by_muon_momentum(beta=0.95, nesterov=True),
+      normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8,
+                              stacked=stacked),
+      normopt.scale_by_width(stacked=stacked),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+:func:`muon` builds that chain and routes the other leaves to Adam with
+``optax.partition``. Its updates equal ``optax.contrib.muon``'s to float32
+roundoff (``tests/test_muon.py``); what it adds is normopt's block machinery:
+``stacked=`` for scanned layers (each slice its own matrix), Conv kernels as
+``(H·W·I, O)`` matrices, and Newton–Schulz grouped over the matrices of equal
+shape (one batched program, split across a mesh's devices).
+
+Signum (Bernstein et al. 2018) is the same step under the max norm::
+
+  optax.chain(optax.trace(decay=0.9), normopt.block_normalize(norm="sign"),
+              optax.scale_by_learning_rate(learning_rate))
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from normopt._numerics import canonical_dtype
+from normopt.blocks import flatten_stacked
+from normopt.blocks import StackedSpec
+from normopt.normalization import block_normalize
+from normopt.norms import DEFAULT_NS_COEFFS
+from normopt.norms import matrix_view
+
+
+class ScaleByMuonMomentumState(NamedTuple):
+  """State of :func:`scale_by_muon_momentum`: step count and momentum."""
+
+  count: jax.Array
+  mu: Any
+
+
+def scale_by_muon_momentum(
+    beta: float = 0.95, nesterov: bool = True, mu_dtype: Any = None
+) -> optax.GradientTransformationExtraArgs:
+  r"""Muon's momentum: a bias-corrected EMA of the gradient, Nesterov by default.
+
+  .. math::
+    m_t = \beta m_{t-1} + (1-\beta) g_t, \qquad
+    u_t = \beta \frac{m_t}{1-\beta^{t+1}} + (1-\beta)\frac{g_t}{1-\beta^t}
+    \ \ (\text{Nesterov}), \qquad u_t = \frac{m_t}{1 - \beta^t}\ \ (\text{else})
+
+  The same momentum as ``optax.contrib.scale_by_muon`` (and the first moment
+  of ``optax.scale_by_adam(nesterov=True)``), without the orthogonalization:
+  follow it with ``normopt.block_normalize(blocks="leaf", norm="spectral")``.
+
+  Args:
+    beta: EMA decay.
+    nesterov: use the Nesterov form.
+    mu_dtype: optional dtype of the momentum.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.scale_by_muon_momentum(beta=0.5, nesterov=False)
+    >>> s = tx.init(jnp.zeros(1))
+    >>> u, s = tx.update(jnp.array([2.0]), s)      # m = 1, /(1 - 0.5) = 2
+    >>> float(u[0])
+    2.0
+
+  References:
+    Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024.
+  """
+  mu_dtype = canonical_dtype(mu_dtype)
+
+  def init_fn(params):
+    return ScaleByMuonMomentumState(
+        count=jnp.zeros([], jnp.int32),
+        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+    count = optax.safe_increment(state.count)
+    if nesterov:
+      out = jax.tree.map(
+          lambda m, g: beta * m + (1 - beta) * g,
+          optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
+          optax.tree.bias_correction(updates, beta, count),
+      )
+    else:
+      out = optax.tree.bias_correction(mu, beta, count)
+    out = jax.tree.map(lambda o, g: o.astype(jnp.result_type(g)), out, updates)
+    return out, ScaleByMuonMomentumState(count=count, mu=optax.tree.cast(mu, mu_dtype))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_width(*, stacked: StackedSpec = None) -> optax.GradientTransformationExtraArgs:
+  r"""Muon's width scale: each matrix times ``√max(1, fan_out/fan_in)``.
+
+  ``fan_in`` and ``fan_out`` are the rows and columns of each leaf's matrix
+  view (per stacked slice; see :mod:`normopt.norms`); a leaf that is not a
+  matrix passes unchanged.
+
+  Args:
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with empty state.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.scale_by_width()
+    >>> u, _ = tx.update({"w": jnp.ones((2, 8))}, tx.init(None))
+    >>> float(u["w"][0, 0])                          # √(8 / 2)
+    2.0
+
+  References:
+    Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024.
+  """
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _, leaves, counts, treedef = flatten_stacked(updates, stacked, "scale_by_width")
+    out = []
+    for x, k in zip(leaves, counts, strict=True):
+      view = matrix_view(jnp.shape(x), k)
+      if view is None:
+        out.append(x)
+        continue
+      scale = max(1.0, view[2] / view[1]) ** 0.5
+      out.append((x * scale).astype(jnp.result_type(x)))
+    return jax.tree_util.tree_unflatten(treedef, out), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def _muon_labels(stacked, muon_mask):
+  """``params -> tree of "muon"/"adam"``: matrices (per slice) go to Muon."""
+
+  def labels(params):
+    _, leaves, counts, treedef = flatten_stacked(params, stacked, "muon")
+    if muon_mask is None:
+      chosen = [
+          matrix_view(jnp.shape(x), k) is not None
+          for x, k in zip(leaves, counts, strict=True)
+      ]
+    else:
+      mask = muon_mask(params) if callable(muon_mask) else muon_mask
+      full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
+      chosen = jax.tree.leaves(full)
+    return jax.tree_util.tree_unflatten(
+        treedef, ["muon" if c else "adam" for c in chosen])
+
+  return labels
+
+
+def muon(
+    learning_rate: optax.ScalarOrSchedule,
+    beta: float = 0.95,
+    *,
+    stacked: StackedSpec = None,
+    weight_decay: Any = 0.0,
+    weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
+    ns_steps: int = 5,
+    ns_coeffs: Any = DEFAULT_NS_COEFFS,
+    eps: float = 1e-8,
+    nesterov: bool = True,
+    grouped: bool = True,
+    muon_mask: Any = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay: Any = 0.0,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Muon built from normopt's spectral block direction, Adam for the rest.
+
+  Matrices (every leaf with two or more non-stacked axes, or those
+  ``muon_mask`` selects):
+
+  .. math::
+    u = -\eta\,\Big(\sqrt{\max(1, \tfrac{\text{fan\_out}}{\text{fan\_in}})}\;
+        \mathrm{polar}(\hat m) + \lambda w\Big)
+
+  with ``m̂`` Muon's Nesterov momentum (:func:`scale_by_muon_momentum`) and
+  ``polar`` the Newton–Schulz polar factor of
+  ``block_normalize(blocks="leaf", norm="spectral")``; the other leaves get
+  ``optax.adam``. With the same settings it equals ``optax.contrib.muon``
+  to float32 roundoff; ``stacked=`` treats each slice of a scanned leaf as
+  its own matrix (optax needs ``MuonDimensionNumbers`` for that), and the
+  Newton–Schulz runs grouped over matrices of equal shape.
+
+  Args:
+    learning_rate: step size (float or ``optax.Schedule``).
+    beta: momentum decay.
+    stacked: stacked (scanned) leading axes per leaf (see
+      :mod:`normopt.blocks`).
+    weight_decay: decoupled weight decay of the Muon leaves.
+    weight_decay_mask: mask (pytree prefix of bools or callable) for it.
+    mu_dtype: optional dtype of the momentum.
+    ns_steps: Newton–Schulz steps.
+    ns_coeffs: Newton–Schulz coefficients (see :func:`normopt.block_normalize`).
+    eps: added to each matrix's Frobenius norm, and Adam's ``eps`` (as in
+      ``optax.contrib.muon``).
+    nesterov: Nesterov momentum (Muon's and Adam's, as optax's Muon).
+    grouped: group the Newton–Schulz over matrices of equal shape.
+    muon_mask: ``None`` (matrices) or a pytree prefix of bools / a callable
+      ``params -> such a tree`` choosing the Muon leaves (e.g. to leave an
+      embedding table to Adam).
+    adam_b1: Adam's first-moment decay for the other leaves.
+    adam_b2: Adam's second-moment decay.
+    adam_eps_root: Adam's ``eps_root``.
+    adam_weight_decay: decoupled weight decay of the Adam leaves.
+    adam_learning_rate: Adam's step size (default: ``learning_rate``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> x = jax.random.normal(jax.random.key(0), (64, 8))
+    >>> w_true = jax.random.normal(jax.random.key(1), (8, 4))
+    >>> loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - x @ w_true) ** 2)
+    >>> p = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
+    >>> tx = normopt.muon(optax.cosine_decay_schedule(0.1, 300))
+    >>> s = tx.init(p)
+    >>> step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p))
+    >>> l0 = loss(p)
+    >>> for _ in range(300):
+    ...   u, s = step(p, s)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(loss(p) < 1e-3 * l0)
+    True
+
+  References:
+    Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024; Bernstein and
+    Newhouse, `Old Optimizer, New Norm: An Anthology
+    <https://arxiv.org/abs/2409.20325>`_, 2024.
+  """
+  if adam_learning_rate is None:
+    adam_learning_rate = learning_rate
+  matrices = optax.chain(
+      scale_by_muon_momentum(beta=beta, nesterov=nesterov, mu_dtype=mu_dtype),
+      block_normalize(
+          blocks="leaf", eps=eps, stacked=stacked, norm="spectral",
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped,
+      ),
+      scale_by_width(stacked=stacked),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  others = optax.chain(
+      optax.scale_by_adam(
+          b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root,
+          mu_dtype=mu_dtype, nesterov=nesterov),
+      optax.add_decayed_weights(adam_weight_decay),
+      optax.scale_by_learning_rate(adam_learning_rate),
+  )
+  tx = optax.partition(
+      {"muon": matrices, "adam": others}, _muon_labels(stacked, muon_mask))
+  return optax.GradientTransformationExtraArgs(tx.init, tx.update)
