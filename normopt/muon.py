@@ -47,7 +47,7 @@ from normopt.norms import matrix_view
 class ScaleByMuonMomentumState(NamedTuple):
   """State of :func:`scale_by_muon_momentum`: step count and momentum."""
 
-  count: jax.Array
+  count: Any
   mu: Any
 
 
