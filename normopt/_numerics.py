@@ -40,19 +40,18 @@ def zeros_typed(aval: Any, like: Any = ()) -> jax.Array:
 
   Outside ``jax.set_mesh`` an Explicit sharding from ``eval_shape`` names only
   an abstract mesh, which has no devices to put the zeros on; they go on the
-  devices of the first leaf of ``like`` (the params) whose mesh it is, as
+  devices of the first leaf of ``like`` (the params) on that mesh, as
   ``jnp.zeros_like(leaf)`` places them.
   """
-  sharding = aval.sharding
-  mesh = getattr(sharding, "mesh", None)
-  if isinstance(mesh, jax.sharding.AbstractMesh) and jax.sharding.get_mesh().empty:
-    for leaf in jax.tree.leaves(like):
-      leaf_sharding = None if isinstance(leaf, jax.core.Tracer) else getattr(leaf, "sharding", None)
-      leaf_mesh = getattr(leaf_sharding, "mesh", None)
+  mesh = getattr(aval.sharding, "mesh", None)
+  if isinstance(mesh, jax.sharding.AbstractMesh):
+    concrete = (x for x in jax.tree.leaves(like) if not isinstance(x, jax.core.Tracer))
+    for leaf in concrete:
+      leaf_mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
       if isinstance(leaf_mesh, jax.sharding.Mesh) and leaf_mesh.abstract_mesh == mesh:
-        sharding = jax.sharding.NamedSharding(leaf_mesh, sharding.spec)
-        break
-  return jnp.zeros(aval.shape, aval.dtype, out_sharding=sharding)
+        with jax.set_mesh(leaf_mesh):
+          return jnp.zeros(aval.shape, aval.dtype, out_sharding=aval.sharding)
+  return jnp.zeros(aval.shape, aval.dtype, out_sharding=aval.sharding)
 
 
 def decayed_weights(

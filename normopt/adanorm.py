@@ -92,7 +92,7 @@ def _init_e(params, blocks, stacked):
   types = jax.eval_shape(
       lambda p: block_norms(p, blocks, stacked=stacked), params
   )
-  return jax.tree.map(zeros_typed, types)
+  return jax.tree.map(lambda t: zeros_typed(t, params), types)
 
 
 def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):

@@ -156,7 +156,7 @@ def _vector_moments(params, vector_axes, stacked, name, mu_dtype=None):
     else:
       nu.append(zeros_typed(jax.eval_shape(
           lambda x, a=a: jnp.sum(x.astype(acc_dtype(x)), axis=a, keepdims=True), p
-      )))
+      ), p))
   unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
   return unflat(mu), unflat(nu)
 

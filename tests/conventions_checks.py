@@ -10,7 +10,12 @@ along its first axis, along its last axis, replicated, and a stacked tree
 with its stack axis split, FSDP-style), the ``jax.typeof`` of every state
 leaf must be the same from eager ``init``, from ``jax.jit(init)`` and after
 an update (shape, dtype, weak type and sharding); updates must have their
-parameters' types.
+parameters' types. That is inside ``jax.set_mesh`` of an Explicit mesh; in
+float32, the same holds outside ``jax.set_mesh`` and on an Auto mesh (inside
+and outside); for the stacked layout ``jax.jit(init)`` is also run wherever
+``optax.adam(...).init`` runs under ``jit`` (not outside ``set_mesh`` on an
+Explicit mesh: there a jitted function that reads no input value has no
+devices).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if __name__ == "__main__":
   )
   os.environ["JAX_PLATFORMS"] = "cpu"
 
+import contextlib
 import inspect
 import json
 import traceback
@@ -34,6 +40,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from methods_registry import METHODS  # noqa: E402
@@ -49,6 +56,7 @@ SHAPES = {
 }
 STACKED_SHAPES = {"layers": {"kernel": (4, 8, 8), "bias": (4, 8)}, "head": {"kernel": (8, 4)}}
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}
+LAYOUTS = ("first", "last", "replicated", "stacked")
 
 
 def _spec(layout, path, shape):
@@ -73,7 +81,7 @@ def _types(tree):
   return [_typ(x) for x in jax.tree.leaves(tree)]
 
 
-def check(method, dtype, layout, mesh):
+def check(method, dtype, layout, mesh, run_jit=False):
   shapes = STACKED_SHAPES if layout == "stacked" else SHAPES
   rng = np.random.default_rng(0)
   kw = dict(method.kwargs)
@@ -90,7 +98,10 @@ def check(method, dtype, layout, mesh):
   params = jax.tree.map(
       lambda x, sh: jax.device_put(jnp.asarray(x, dtype), sh), host, shardings)
   s_eager = tx.init(params)
-  s_jit = jax.eval_shape(jax.jit(tx.init), params)
+  if run_jit:  # compiled and run, not only traced
+    s_jit = jax.jit(tx.init)(params)
+  else:
+    s_jit = jax.eval_shape(jax.jit(tx.init), params)
   u, s_new = jax.eval_shape(lambda p, s: tx.update(p, s, p), params, s_eager)
   problems = {}
   a, b, c = _types(s_eager), _types(s_jit), _types(s_new)
@@ -104,22 +115,55 @@ def check(method, dtype, layout, mesh):
   return problems
 
 
+# Cases where ``jax.jit(init)`` is compiled and run (elsewhere it is traced
+# only, which is cheaper): the stacked layout, whose per-slice state is the
+# one built from abstract values.
+RUN_JIT = {f"{c}/f32/stacked" for c in ("explicit", "auto/outside set_mesh")}
+
+
+def _optax_jit_init_runs(params):
+  try:
+    jax.block_until_ready(jax.jit(optax.adam(1e-3).init)(params))
+    return True
+  except ValueError:
+    return False
+
+
+def _contexts():
+  """``(name, mesh, inside set_mesh?, dtypes, layouts)``: every dtype and
+  layout on the Explicit mesh inside ``set_mesh``; float32 with split leaves,
+  unstacked and stacked, in the other three contexts."""
+  explicit, auto = (
+      jax.make_mesh((N_DEV,), (AXIS,), axis_types=(t,))
+      for t in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto)
+  )
+  f32 = {"f32": DTYPES["f32"]}
+  some = ("first", "stacked")
+  return [
+      ("explicit", explicit, True, DTYPES, LAYOUTS),
+      ("explicit/outside set_mesh", explicit, False, f32, some),
+      ("auto", auto, True, f32, some),
+      ("auto/outside set_mesh", auto, False, f32, some),
+  ]
+
+
 def main():
-  mesh = jax.make_mesh((N_DEV,), (AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
-  out = {}
-  with jax.set_mesh(mesh):
-    for m in METHODS:
-      res = {}
-      for dname, dtype in DTYPES.items():
-        for layout in ("first", "last", "replicated", "stacked"):
-          case = f"{dname}/{layout}"
-          try:
-            problems = check(m, dtype, layout, mesh)
-          except Exception as e:
-            problems = {"error": f"{type(e).__name__}: {e}"[:1500] + traceback.format_exc()[-1500:]}
-          if problems:
-            res[case] = problems
-      out[m.name] = res
+  out = {m.name: {} for m in METHODS}
+  for cname, mesh, inside, dtypes, layouts in _contexts():
+    with jax.set_mesh(mesh) if inside else contextlib.nullcontext():
+      probe = jax.device_put(jnp.zeros(N_DEV), jax.sharding.NamedSharding(mesh, P(AXIS)))
+      run_jit = _optax_jit_init_runs(probe)
+      for m in METHODS:
+        for dname, dtype in dtypes.items():
+          for layout in layouts:
+            case = f"{cname}/{dname}/{layout}"
+            try:
+              problems = check(m, dtype, layout, mesh, run_jit and case in RUN_JIT)
+            except Exception as e:
+              msg = f"{type(e).__name__}: {e}"[:1500]
+              problems = {"error": msg + traceback.format_exc()[-1500:]}
+            if problems:
+              out[m.name][case] = problems
   return out
 
 

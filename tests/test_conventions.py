@@ -10,7 +10,10 @@ skip any of these:
   from ``jax.jit(init)`` and after an update agree, for float16, bfloat16
   and float32 params split along their first axis, their last axis,
   replicated, and stacked with the stack axis split, on an Explicit mesh
-  (``tests/conventions_checks.py``, run once in a subprocess);
+  inside ``jax.set_mesh``, and in float32 outside it and on an Auto mesh
+  (``init`` works in all four contexts, eagerly and under ``jit`` wherever
+  ``optax.adam``'s does; ``tests/conventions_checks.py``, run once in a
+  subprocess);
 * every method that takes ``blocks=`` or ``vector_axes=`` takes ``stacked=``.
 """
 
@@ -74,7 +77,8 @@ def test_optax_conventions(method, explicit_types):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     assert (a.shape, a.dtype) == (b.shape, b.dtype)
-  # State types are stable on an Explicit mesh (every dtype and layout).
+  # State types are stable on an Explicit mesh (every dtype and layout),
+  # outside set_mesh and on an Auto mesh.
   assert method.name in explicit_types
   assert explicit_types[method.name] == {}, explicit_types[method.name]
   # stacked= wherever blocks= or vector_axes= is taken.
