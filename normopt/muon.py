@@ -260,6 +260,13 @@ def muon(
   """
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
+
+  def decay(rate, mask=None):
+    # A literal 0 needs no params (optax.add_decayed_weights always asks).
+    if isinstance(rate, (int, float)) and rate == 0:
+      return optax.identity()
+    return optax.add_decayed_weights(rate, mask)
+
   matrices = optax.chain(
       scale_by_muon_momentum(beta=beta, nesterov=nesterov, mu_dtype=mu_dtype),
       block_normalize(
@@ -267,14 +274,14 @@ def muon(
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped,
       ),
       scale_by_width(stacked=stacked),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      decay(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
   others = optax.chain(
       optax.scale_by_adam(
           b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root,
           mu_dtype=mu_dtype, nesterov=nesterov),
-      optax.add_decayed_weights(adam_weight_decay),
+      decay(adam_weight_decay),
       optax.scale_by_learning_rate(adam_learning_rate),
   )
   tx = optax.partition(

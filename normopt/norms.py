@@ -58,6 +58,7 @@ import numpy as np
 
 from normopt._numerics import acc_dtype
 from normopt._numerics import inv_norm
+from normopt._numerics import safe_sqrt
 from normopt.blocks import block_norm_map
 from normopt.blocks import BlockSpec
 from normopt.blocks import flatten_stacked
@@ -128,7 +129,7 @@ def newton_schulz(x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any)
   # Squares of x·2^-16 (see docs/design.md, "The 2^-16 prescale"): no
   # overflow for float32 entries up to ~1e24.
   shift = jnp.asarray(2.0 ** -16, x.dtype)
-  fro = jnp.sqrt(jnp.sum(jnp.square(x * shift), axis=(-2, -1), keepdims=True)) / shift
+  fro = safe_sqrt(jnp.sum(jnp.square(x * shift), axis=(-2, -1), keepdims=True)) / shift
   x = x * inv_norm(fro + eps, 0.0)
   for abc in steps:
     x = _ns_step(x, abc)
@@ -259,7 +260,7 @@ class Norm(NamedTuple):
 #: The norms of :func:`normopt.block_normalize`, by name.
 NORMS: dict[str, Norm] = {
     "l2": Norm(scale=lambda n, size: 1.0),
-    "rms": Norm(scale=lambda n, size: math.sqrt(size)),
+    "rms": Norm(scale=lambda n, size: jnp.sqrt(jnp.asarray(size, jnp.float32))),
     "sign": Norm(elementwise=jnp.sign),
     "spectral": Norm(matrix=True, modes=("leaf",)),
 }
@@ -381,8 +382,12 @@ def directions(
     for i, s in zip(idx, inv, strict=True):
       x = leaves[i]
       scale_fn = NORMS[names[i]].scale
-      f = scale_fn(None, keys[i][1]) if sel is scaled and scale_fn is not None else 1.0
-      s = s * f if not (isinstance(f, float) and f == 1.0) else s
+      if sel is scaled and scale_fn is not None:
+        size: Any = keys[i][1]
+        if axis_name is not None:  # the block's count over all shards
+          size = jax.lax.psum(jnp.asarray(size, jnp.float32), axis_name)
+        f = scale_fn(None, size)
+        s = s if isinstance(f, float) and f == 1.0 else s * f
       out[i] = (x * s).astype(jnp.result_type(x))
   for i, (x, n) in enumerate(zip(leaves, names, strict=True)):
     fn = NORMS[n].elementwise
