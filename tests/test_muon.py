@@ -52,7 +52,7 @@ def test_muon_recipe_equals_optax_muon(nesterov):
     u_ours, s_ours = step_ours(g, s_ours, params)
     chex.assert_trees_all_close(u_ours, u_ref, rtol=1e-5, atol=1e-7)
     worst = max(worst, max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                           for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref))))
+                           for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref), strict=True)))
     params = optax.apply_updates(params, u_ours)
   assert worst < 1e-5, worst
 

@@ -13,12 +13,12 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import np_ref
 import numpy as np
 import optax
 import pytest
 
 import normopt
-import np_ref
 
 CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=60)
 SPEC = normopt.stacked_under("layers")
@@ -104,7 +104,7 @@ def _np_direction(tree, norm, blocks, eps=1e-12):
     ks, slices = keys(i, p, x, k)
     if ks is None:
       continue
-    for key, s in zip(ks, slices):
+    for key, s in zip(ks, slices, strict=True):
       sums[key] = sums.get(key, 0.0) + np.sum(s**2)
       counts[key] = counts.get(key, 0) + s.size
   out = []
@@ -116,7 +116,7 @@ def _np_direction(tree, norm, blocks, eps=1e-12):
       size = np.prod([x.shape[a] for a in axes])
       d = x / np.maximum(n, eps)
     else:
-      d = np.stack([s / np.maximum(np.sqrt(sums[key]), eps) for key, s in zip(ks, slices)])
+      d = np.stack([s / np.maximum(np.sqrt(sums[key]), eps) for key, s in zip(ks, slices, strict=True)])
       d = d.reshape(x.shape)
       size = np.array([counts[key] for key in ks]).reshape((-1,) + (1,) * (x.ndim - k))
       size = size if k else size.reshape(())
@@ -231,7 +231,7 @@ def test_zero_and_low_precision_stay_finite(norm):
   assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
   # Up to ~1e24 per element (docs: the 2^-16 prescale); fp16 near its max.
   for dtype, scale in ((jnp.bfloat16, 1e20), (jnp.float16, 1e4), (jnp.float32, 1e-12)):
-    low = jax.tree.map(lambda x: (x * scale).astype(dtype), g)
+    low = jax.tree.map(lambda x, s=scale, d=dtype: (x * s).astype(d), g)
     u, _ = tx.update(low, tx.init(low))
     for x in jax.tree.leaves(u):
       assert x.dtype == dtype
