@@ -51,8 +51,9 @@ def test_muon_recipe_equals_optax_muon(nesterov):
     u_ref, s_ref = step_ref(g, s_ref, params)
     u_ours, s_ours = step_ours(g, s_ours, params)
     chex.assert_trees_all_close(u_ours, u_ref, rtol=1e-5, atol=1e-7)
+    pairs = zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref), strict=True)
     worst = max(worst, max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                           for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref), strict=True)))
+                           for a, b in pairs))
     params = optax.apply_updates(params, u_ours)
   assert worst < 1e-5, worst
 

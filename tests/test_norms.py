@@ -116,7 +116,8 @@ def _np_direction(tree, norm, blocks, eps=1e-12):
       size = np.prod([x.shape[a] for a in axes])
       d = x / np.maximum(n, eps)
     else:
-      d = np.stack([s / np.maximum(np.sqrt(sums[key]), eps) for key, s in zip(ks, slices, strict=True)])
+      d = np.stack([s / np.maximum(np.sqrt(sums[key]), eps)
+                    for key, s in zip(ks, slices, strict=True)])
       d = d.reshape(x.shape)
       size = np.array([counts[key] for key in ks]).reshape((-1,) + (1,) * (x.ndim - k))
       size = size if k else size.reshape(())
