@@ -102,6 +102,11 @@ def ns_coefficients(ns_coeffs: Any, ns_steps: int) -> list[tuple[Any, Any, Any]]
     ns_coeffs = NS_PRESETS[ns_coeffs]
   shape = np.shape(ns_coeffs)
   if len(shape) == 1 and shape[0] == 3:
+    if isinstance(ns_steps, (jax.Array, np.ndarray)) and not isinstance(
+        ns_steps, jax.core.Tracer) and ns_steps.shape == ():
+      ns_steps = int(ns_steps)  # optax.inject_hyperparams makes it an array
+    if isinstance(ns_steps, jax.core.Tracer):
+      return _Repeat(tuple(ns_coeffs), ns_steps)
     if isinstance(ns_steps, bool) or not isinstance(ns_steps, (int, np.integer)) or ns_steps < 0:
       raise ValueError(f"ns_steps must be an int >= 0, got {ns_steps!r}.")
     return [tuple(ns_coeffs)] * int(ns_steps)
@@ -110,6 +115,13 @@ def ns_coefficients(ns_coeffs: Any, ns_steps: int) -> list[tuple[Any, Any, Any]]
   raise ValueError(
       f"ns_coeffs must be one (a, b, c), a sequence of them or a preset name, "
       f"got shape {shape}.")
+
+
+class _Repeat(NamedTuple):
+  """One ``(a, b, c)`` repeated a traced number of times (inject_hyperparams)."""
+
+  abc: tuple[Any, Any, Any]
+  steps: Any
 
 
 def _ns_step(x, abc):
@@ -131,6 +143,8 @@ def newton_schulz(x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any)
   shift = jnp.asarray(2.0 ** -16, x.dtype)
   fro = safe_sqrt(jnp.sum(jnp.square(x * shift), axis=(-2, -1), keepdims=True)) / shift
   x = x * inv_norm(fro + eps, 0.0)
+  if isinstance(steps, _Repeat):
+    return jax.lax.fori_loop(0, steps.steps, lambda _, y: _ns_step(y, steps.abc), x)
   for abc in steps:
     x = _ns_step(x, abc)
   return x

@@ -52,10 +52,19 @@ def _diffgrad_small(b1, b2, eps, eps_root):
   )
 
 
+def _spectral(eps, *, stacked=None):
+  # No blocks= (spectral is per leaf) and no axis_name= (it raises there), so
+  # the stacked and distributed checks run it in its leaf mode, without psum.
+  return normopt.block_normalize(blocks="leaf", eps=eps, stacked=stacked, norm="spectral")
+
+
 METHODS = [
     # --- blocks / BNG / SNGD (normalization.py, aliases.py)
     Method("block_normalize", normopt.block_normalize, dict(eps=1e-12)),
     Method("block_normalize_unit", functools.partial(normopt.block_normalize, blocks="unit"), dict(eps=1e-12)),
+    Method("block_normalize:rms", functools.partial(normopt.block_normalize, norm="rms"), dict(eps=1e-12)),
+    Method("block_normalize:sign", functools.partial(normopt.block_normalize, norm="sign"), dict()),
+    Method("block_normalize:spectral", _spectral, dict(eps=1e-12)),
     Method("ngadap_scale", normopt.ngadap_scale, dict(alpha=0.02, eps=1e-12, min_param_norm=0.0), True),
     Method("clip_block_norm", normopt.clip_block_norm, dict(max_norm=0.5)),
     Method("scale_by_adagrad_bng", normopt.scale_by_adagrad_bng, dict(delta=1e-8)),
@@ -67,6 +76,10 @@ METHODS = [
     Method("adagrad_bng", normopt.adagrad_bng, dict(learning_rate=0.1, delta=1e-8)),
     Method("sngd", normopt.sngd, dict(learning_rate=0.1)),
     Method("s_sngd", functools.partial(normopt.s_sngd, [0.1, 0.01], 0.2), dict()),
+    # --- Muon from the spectral primitive (muon.py)
+    Method("scale_by_muon_momentum", normopt.scale_by_muon_momentum, dict(beta=0.95)),
+    Method("scale_by_width", normopt.scale_by_width, dict()),
+    Method("muon", normopt.muon, dict(learning_rate=1e-2, beta=0.95)),
     # --- AdaNorm + diffGrad (adanorm.py)
     Method("adanorm_rescale", normopt.adanorm_rescale, dict(gamma=0.95, eps=1e-12)),
     Method("scale_by_adanorm_moments", _adanorm_moments_small, dict(gamma=0.95, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0)),
