@@ -167,8 +167,12 @@ def _split_axes(mesh):
   """The mesh axes a group's matrix axis is split over, and their size."""
   if mesh is None:
     return (), 1
-  names = tuple(mesh.axis_names)
-  return names, math.prod(mesh.axis_sizes)
+  # Manual axes (inside shard_map) hold per-device shards already: not split.
+  free = [
+      (n, s) for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types, strict=True)
+      if t != jax.sharding.AxisType.Manual
+  ]
+  return tuple(n for n, _ in free), math.prod(s for _, s in free)
 
 
 def _explicit(mesh):
