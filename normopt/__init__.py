@@ -41,6 +41,9 @@ from normopt.norms import NormSpec
 from normopt.norms import NS_PRESETS
 from normopt.norms import polar_factors
 from normopt.schedules import stagewise_schedule
+from normopt.scion import scale_by_scion
+from normopt.scion import ScaleByScionState
+from normopt.scion import scion
 from normopt.spherical import nd_adam_transform
 from normopt.spherical import NDAdamState
 from normopt.spherical import normalize_vectors
@@ -63,6 +66,7 @@ __all__ = (
     "ScaleByAdagradBNGState",
     "ScaleByDiffGradState",
     "ScaleByMuonMomentumState",
+    "ScaleByScionState",
     "ScaleByVectorAdamState",
     "StackedSpec",
     "VectorAxes",
@@ -93,8 +97,10 @@ __all__ = (
     "scale_by_adanorm_moments",
     "scale_by_diffgrad",
     "scale_by_muon_momentum",
+    "scale_by_scion",
     "scale_by_vector_adam",
     "scale_by_width",
+    "scion",
     "sgd_ng",
     "sgd_ngadap",
     "sngd",
