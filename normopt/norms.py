@@ -415,8 +415,15 @@ def directions(
   if mat_idx:
     mats = []
     for i in mat_idx:
-      b, m, n = matrix_view(jnp.shape(leaves[i]), counts[i])  # type: ignore[misc]
-      mats.append(jnp.reshape(leaves[i], (b, m, n)))
+      x = leaves[i]
+      view: Any = matrix_view(jnp.shape(x), counts[i])
+      spec = _explicit_spec(x)
+      if spec is not None and any(s is not None for s in spec) and tuple(
+          d for d in jnp.shape(x) if d != 1) != tuple(d for d in view if d != 1):
+        # A reshape that merges axes of an Explicit-sharded leaf needs its
+        # output sharding spelled out; gather the leaf instead (once).
+        x = _constrain(x, jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec())
+      mats.append(jnp.reshape(x, view))
     polars = polar_factors(
         mats, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, grouped=grouped)
     for i, y in zip(mat_idx, polars, strict=True):

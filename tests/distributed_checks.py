@@ -91,6 +91,12 @@ ELEMENTWISE_SPECS = {
     "dense": {"kernel": P(None, AXIS), "bias": P(AXIS)},
 }
 
+# shard_map without axis_name for the spectral norm: a matrix split across the
+# mapped axis cannot be orthogonalized per shard (with axis_name it raises),
+# so each shard holds whole leaves (data parallelism, gradients replicated).
+REPLICATED_SPECS = {"conv": {"kernel": P()}, "dense": {"kernel": P(), "bias": P()}}
+WHOLE_MATRICES = ("block_normalize:spectral", "muon")
+
 
 def _is_spec(x):
   return isinstance(x, P)
@@ -368,6 +374,8 @@ def make_cases(only=None):
     tx_ax = _with_axis_name(m.make, m.kwargs)
     if tx_ax is not None:
       cases[m.name] = Case(tx, params, tx_ax, REDUCED_SPECS)
+    elif m.name in WHOLE_MATRICES:  # each shard holds whole matrices
+      cases[m.name] = Case(tx, params, tx, REPLICATED_SPECS)
     else:  # element-wise or per-unit: whole units per shard.
       cases[m.name] = Case(tx, params, tx, ELEMENTWISE_SPECS)
   if only is None:
