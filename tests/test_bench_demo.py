@@ -1,5 +1,11 @@
-"""The README demo (benchmarks/bng_mlp_digits.py): tuning, claims, outputs."""
+"""The README demo (benchmarks/bng_mlp_digits.py): tuning, claims, outputs.
 
+The demo runs BNG's six optimizers; ``--quick`` and ``--full`` add the spectral
+and sign forms (issue 18), whose tuning records and claims are checked here
+too, and ``--merge`` joins a full run made in parts.
+"""
+
+import copy
 import json
 import math
 import pathlib
@@ -41,7 +47,7 @@ def check_tuning(mod, common, payload, grid_points):
   assert cfg["tuning_rule"] == common.TUNING_RULE
   assert cfg["verdict_rule"] == common.VERDICT_RULE
   for depth in cfg["depths"]:
-    for name in mod.METHODS:
+    for name in _methods(mod, payload):
       t = payload["tuning"][f"{name}, depth {depth}"]
       assert (t["method"], t["group"]) == (name, f"depth {depth}")
       grid = t["grid"]
@@ -69,15 +75,22 @@ def check_tuning(mod, common, payload, grid_points):
       assert res["seeds"] == list(common.FINAL_SEEDS)
 
 
+def _methods(mod, payload):
+  """The run's optimizers (a result from before the spectral and sign forms
+  has BNG's six and no ``methods`` entry)."""
+  return payload["config"].get("methods", list(mod.METHODS))
+
+
 def check_results_and_claims(mod, common, payload):
   """Curves of the final seeds; claims recomputed from their per-seed finals."""
   cfg = payload["config"]
   n_points = cfg["steps"] // cfg["eval_every"] + 1
   assert payload["steps"] == list(range(0, cfg["steps"] + 1, cfg["eval_every"]))
   n_seeds = len(common.FINAL_SEEDS)
+  methods = _methods(mod, payload)
   for depth in cfg["depths"]:
     per_opt = payload["results"][str(depth)]
-    assert list(per_opt) == list(mod.METHODS)
+    assert list(per_opt) == methods
     for res in per_opt.values():
       for key in common.CURVES:
         arr = np.asarray(res[key])
@@ -86,18 +99,25 @@ def check_results_and_claims(mod, common, payload):
         np.testing.assert_array_equal(res["final"][key], arr[:, -1])
   claims = payload["claims"]
   metrics = {"final train loss": "train_loss", "final test loss": "test_loss"}
-  expected = {(f"depth {d}", f"{ng} beats {base}", m)
-              for d in cfg["depths"] for base, ng in mod.PAIRS for m in metrics}
-  assert {(c["group"], c["claim"], c["metric"]) for c in claims} == expected
+  pairs = mod.claim_pairs(methods)
+  # BNG's three "NG beats plain"; with the other norms, each of the four
+  # forms against its plain optimizer and against its NG form.
+  assert len(pairs) == (3 + 8 if set(methods) == set(mod.ALL_METHODS) else 3)
+  expected = {(f"depth {d}", f"{a} beats {b}", m, kind)
+              for d in cfg["depths"] for kind, b, a, _ in pairs for m in metrics}
+  assert {(c["group"], c["claim"], c["metric"], c.get("kind", "NG vs plain"))
+          for c in claims} == expected
   assert len(claims) == len(expected)
+  papers = {kind: paper for kind, _, paper in mod.KINDS}
   for c in claims:
-    ng, base = c["claim"].split(" beats ")
+    a_name, b_name = c["claim"].split(" beats ")
     per_opt = payload["results"][c["group"].split()[-1]]
-    a = per_opt[ng]["final"][metrics[c["metric"]]]
-    b = per_opt[base]["final"][metrics[c["metric"]]]
+    a = per_opt[a_name]["final"][metrics[c["metric"]]]
+    b = per_opt[b_name]["final"][metrics[c["metric"]]]
     mean, lo, hi = common.paired_ci(a, b)
     np.testing.assert_allclose([c["diff"], *c["ci"]], [mean, lo, hi])
-    assert c["n"] == n_seeds and c["lower_is_better"] and c["paper"]
+    assert c["n"] == n_seeds and c["lower_is_better"]
+    assert c["paper"] == papers[c.get("kind", "NG vs plain")]
     assert c["ci"][0] <= c["diff"] <= c["ci"][1]
     # The verdict is the CI's side of zero (lower loss is better).
     lo, hi = c["ci"]
@@ -109,6 +129,12 @@ def check_results_and_claims(mod, common, payload):
 def test_quick_tuning_records(quick, mod, common):
   _, payload = quick
   assert payload["config"]["mode"] == "quick"
+  # Every optimizer, the spectral and sign forms included.
+  assert payload["config"]["methods"] == list(mod.ALL_METHODS)
+  assert set(mod.NORM_METHODS) == {"SGDM-spectral", "Adam-spectral",
+                                   "SGDM-sign", "Adam-sign"}
+  assert payload["config"]["grid_centres"] == mod.CENTRES
+  assert "spectral, sign" in payload["config"]["optimizers"]
   check_tuning(mod, common, payload, mod.QUICK["grid_points"])
 
 
@@ -122,7 +148,7 @@ def test_quick_writes_table_and_plot(quick, mod):
   assert (out / "bng_mlp_digits.png").stat().st_size > 10_000
   table = (out / "bng_mlp_digits.md").read_text()
   assert "Shrunk run" in table
-  for name in mod.METHODS:
+  for name in mod.ALL_METHODS:
     lr = payload["results"][str(mod.QUICK["depths"][0])][name]["lr"]
     assert f"| {name} | {lr:g} |" in table
   for c in payload["claims"]:
@@ -139,9 +165,85 @@ def test_quick_runs_are_paired_and_ng_trains(quick, mod):
     assert len(set(first[0].tolist())) == len(first[0])  # seeds differ
     # A fresh 10-class classifier starts near chance, ln(10).
     assert np.all(np.abs(first[0] - math.log(10)) < 0.5)
-    for _, ng in mod.PAIRS:
+    for _, ng in mod.PAIRS + mod.NORM_PAIRS:
       loss = np.asarray(per_opt[ng]["train_loss"])
       assert np.all(loss[:, -1] < loss[:, 0])
+
+
+def test_norm_forms_are_the_documented_chain(mod):
+  """Each form is chain(block_normalize(leaf, norm), base): the same updates."""
+  import jax
+  import optax
+
+  import normopt
+
+  rng = np.random.default_rng(0)
+  params = mod.init_mlp(rng, [8, 6, 5, 3])
+  grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32),
+                       params)
+  bases = {"SGDM": optax.sgd(0.1, momentum=0.9), "Adam": optax.adam(0.1)}
+  for name in mod.NORM_METHODS:
+    base, norm = name.split("-")
+    tx = mod.NORM_METHODS[name](0.1)
+    want = optax.chain(normopt.block_normalize(blocks="leaf", norm=norm),
+                       bases[base])
+    got = tx.update(grads, tx.init(params), params)[0]
+    ref = want.update(grads, want.init(params), params)[0]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6),
+                 got, ref)
+  # The gradient is normalized before the base optimizer: with SGD (no
+  # momentum) the first sign step is -lr * sign(g).
+  tx = optax.chain(normopt.block_normalize(blocks="leaf", norm="sign"),
+                   optax.sgd(0.1))
+  step = tx.update(grads, tx.init(params), params)[0]
+  jax.tree.map(lambda s, g: np.testing.assert_allclose(s, -0.1 * np.sign(g)),
+               step, grads)
+
+
+def _parts(payload, groups):
+  """``payload`` as one part per group of optimizers (as ``--methods`` runs
+  would write it)."""
+  parts = []
+  for names in groups:
+    part = copy.deepcopy(payload)
+    part["config"]["methods"] = names
+    part["config"]["grid_centres"] = {
+        n: payload["config"]["grid_centres"][n] for n in names}
+    part["results"] = {d: {n: r[n] for n in names}
+                       for d, r in payload["results"].items()}
+    part["tuning"] = {k: t for k, t in payload["tuning"].items()
+                      if t["method"] in names}
+    part["claims"] = []
+    parts.append(part)
+  return parts
+
+
+def test_merge_of_parts_gives_the_whole(quick, mod):
+  _, payload = quick
+  groups = [list(mod.METHODS), ["SGDM-spectral", "Adam-sign"],
+            ["Adam-spectral", "SGDM-sign"]]
+  parts = _parts(payload, groups)
+  # The BNG part as committed before the other norms: no "methods" entry.
+  del parts[0]["config"]["methods"]
+  merged, complete = mod.merge(parts[::-1])
+  assert not complete  # quick parts never make a full result
+  assert merged["results"] == payload["results"]
+  assert list(merged["tuning"]) == list(payload["tuning"])
+  assert merged["tuning"] == payload["tuning"]
+  assert merged["claims"] == payload["claims"]
+  assert merged["config"]["methods"] == list(mod.ALL_METHODS)
+  assert [p["methods"] for p in merged["config"]["parts"]] == groups[::-1]
+  full = _parts(payload, groups)
+  for part in full:
+    part["config"]["mode"] = "full"
+  assert mod.merge(full)[1]
+  assert not mod.merge(full[:2])[1]  # a missing optimizer: not complete
+  with pytest.raises(ValueError, match="overlap"):
+    mod.merge([full[0], full[0]])
+  bad = _parts(payload, groups)
+  bad[1]["config"]["steps"] += 1
+  with pytest.raises(ValueError, match="steps"):
+    mod.merge(bad)
 
 
 def test_modes_and_where_they_write(mod, common):
@@ -157,11 +259,20 @@ def test_modes_and_where_they_write(mod, common):
       mod.configure(argv + ["--out", str(common.RESULTS_DIR)])
   with pytest.raises(SystemExit):
     mod.configure(["--full", "--quick"])
-  # The demo is the full run shrunk, and says how.
+  # A subset of the optimizers is a part: never into benchmarks/results/.
+  _, mode, cfg, out = mod.configure(["--full", "--methods", "SGDM-sign"])
+  assert mode == "full" and cfg["methods"] == ("SGDM-sign",)
+  assert out != common.RESULTS_DIR and common.RESULTS_DIR not in out.parents
+  assert mod.configure(["--merge", "a", "b"])[1] == "merge"
+  # The demo is the full run shrunk, and says how; it runs BNG's six
+  # optimizers, the full run adds the spectral and sign forms.
   assert set(mod.DEMO["depths"]) < set(mod.FULL["depths"])
   assert mod.DEMO["steps"] <= mod.FULL["steps"]
-  assert {k: v for k, v in mod.DEMO.items() if k not in ("depths", "steps")} == {
-      k: v for k, v in mod.FULL.items() if k not in ("depths", "steps")}
+  assert mod.DEMO["methods"] == tuple(mod.METHODS)
+  assert mod.FULL["methods"] == mod.QUICK["methods"] == tuple(mod.ALL_METHODS)
+  shrunk_keys = ("depths", "steps", "methods")
+  assert {k: v for k, v in mod.DEMO.items() if k not in shrunk_keys} == {
+      k: v for k, v in mod.FULL.items() if k not in shrunk_keys}
   shrunk = mod.SHRUNK["demo"]
   assert f"depth {mod.DEMO['depths'][0]}" in shrunk
   assert f"{mod.DEMO['steps']} steps" in shrunk
@@ -192,7 +303,7 @@ def test_committed_full_results(mod, common):
   for key in ("depths", "steps", "eval_every", "batch", "width", "grid_points"):
     assert cfg[key] == (list(mod.FULL[key]) if key == "depths" else mod.FULL[key])
   assert cfg["grid_points"] >= 5
-  assert cfg["grid_centres"] == mod.CENTRES
+  assert cfg["grid_centres"] == {n: mod.CENTRES[n] for n in _methods(mod, payload)}
   # Produced on the benchmarks' one digits split.
   assert cfg["data"] == common.DIGITS_CONVENTION
   assert (cfg["n_train"], cfg["n_test"]) == (1437, 360)
