@@ -27,18 +27,16 @@ from normopt.blocks import block_partition
 from normopt.blocks import BlockSpec
 from normopt.blocks import stacked_under
 from normopt.blocks import StackedSpec
-from normopt.muon import muon
-from normopt.muon import scale_by_muon_momentum
-from normopt.muon import scale_by_width
-from normopt.muon import ScaleByMuonMomentumState
+from normopt.muon_recipe import muon
+from normopt.muon_recipe import scale_by_muon_momentum
+from normopt.muon_recipe import scale_by_width
+from normopt.muon_recipe import ScaleByMuonMomentumState
 from normopt.normalization import block_normalize
 from normopt.normalization import clip_block_norm
 from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
 from normopt.normalization import ScaleByAdagradBNGState
-from normopt.norms import NORMS
 from normopt.norms import NormSpec
-from normopt.norms import NS_PRESETS
 from normopt.norms import polar_factors
 from normopt.schedules import stagewise_schedule
 from normopt.scion import scale_by_scion
@@ -59,8 +57,6 @@ __all__ = (
     "AdaNormState",
     "BlockSpec",
     "NDAdamState",
-    "NORMS",
-    "NS_PRESETS",
     "NormSpec",
     "ScaleByAdaNormState",
     "ScaleByAdagradBNGState",

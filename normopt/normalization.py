@@ -73,7 +73,7 @@ def block_normalize(
       ``(path, leaf) -> name`` or a pytree prefix of names.
     ns_steps: Newton–Schulz steps for ``"spectral"``.
     ns_coeffs: Newton–Schulz ``(a, b, c)``, one per step, or a preset name
-      (:data:`normopt.NS_PRESETS`); default Muon's.
+      (``normopt.norms.NS_PRESETS``); default Muon's.
     grouped: orthogonalize the ``"spectral"`` matrices of equal shape and
       dtype together (split across the mesh's devices under a mesh);
       ``False`` runs each leaf on its own.

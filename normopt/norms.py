@@ -18,7 +18,7 @@ the block's matrix (Muon).
                       by Newton–Schulz
 ====================  ==========================================  ============
 
-Each norm is one row of :data:`NORMS`; the block machinery
+Each norm is one row of ``NORMS``; the block machinery
 (:mod:`normopt.blocks`: blocks, stacked slices, ``axis_name``, dtypes, zero
 blocks) calls the row and never asks which norm it is.
 
@@ -31,7 +31,7 @@ gets its ``"l2"`` direction (the polar factor of a vector).
 **Newton–Schulz.** The matrix is divided by its Frobenius norm (plus
 ``eps``), then ``ns_steps`` times ``X ← a·X + b·(X Xᵀ)X + c·(X Xᵀ)²X`` on the
 orientation with the smaller Gram matrix, in float32 or wider. Muon's default
-coefficients (``"muon"`` in :data:`NS_PRESETS`) trade exactness for speed:
+coefficients (``"muon"`` in ``normopt.norms.NS_PRESETS``) trade exactness for speed:
 singular values end near 0.7–1.2. ``(1.5, -0.5, 0.0)`` (``"cubic"``)
 converges to ``U Vᵀ`` with enough steps.
 
@@ -93,7 +93,7 @@ def ns_coefficients(ns_coeffs: Any, ns_steps: int) -> list[tuple[Any, Any, Any]]
   ``ns_coeffs`` is one ``(a, b, c)`` (used ``ns_steps`` times), a sequence
   of them (one per step: its length is the number of steps and ``ns_steps``
   is ignored, as in ``optax.contrib.muon``), or the name of a preset in
-  :data:`NS_PRESETS`.
+  ``normopt.norms.NS_PRESETS``.
   """
   if isinstance(ns_coeffs, str):
     if ns_coeffs not in NS_PRESETS:
@@ -213,7 +213,7 @@ def polar_factors(
     mats: arrays of shape ``(B, m, n)``: ``B`` matrices each (stacked slices).
     ns_steps: Newton–Schulz steps (with one ``(a, b, c)``).
     ns_coeffs: one ``(a, b, c)``, one per step, or a preset name
-      (:data:`NS_PRESETS`).
+      (``normopt.norms.NS_PRESETS``).
     eps: added to each matrix's Frobenius norm before dividing by it.
     grouped: orthogonalize matrices of equal shape and dtype together (and,
       under a mesh, split each group across its devices by matrix); ``False``

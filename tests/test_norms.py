@@ -1,6 +1,6 @@
 """block_normalize(norm=...) against float64 NumPy references (DESIGN §7).
 
-Every norm of ``normopt.NORMS`` in every block mode it allows, written from
+Every norm of ``normopt.norms.NORMS`` in every block mode it allows, written from
 the table's formulas with no normopt code: ``"l2"``, ``"rms"``, ``"sign"``
 by blocks from the leaf paths, ``"spectral"`` as the SVD polar factor
 ``U Vᵀ`` of each leaf's matrix view (with the converging coefficients
@@ -193,14 +193,14 @@ def test_muon_coefficients_match_numpy_iteration():
   rng = np.random.default_rng(3)
   g = {"a": jnp.asarray(rng.normal(size=(5, 8)), jnp.float32),
        "b": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)}
-  coeffs = normopt.NS_PRESETS["muon"]
+  coeffs = normopt.norms.NS_PRESETS["muon"]
   tx = normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8)
   got = jax.jit(tx.update)(g, tx.init(g))[0]
   for k in g:
     want = _np_ns(g[k], coeffs, 5, 1e-8)
     np.testing.assert_allclose(np.asarray(got[k], np.float64), want, atol=5e-6)
   # Per-step coefficients (a sequence): one (a, b, c) per step.
-  seq = normopt.NS_PRESETS["dion"]
+  seq = normopt.norms.NS_PRESETS["dion"]
   tx = normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8, ns_coeffs=seq)
   got = tx.update(g, tx.init(g))[0]
   x = np.asarray(g["a"], np.float64)
