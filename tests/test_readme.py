@@ -30,3 +30,20 @@ def test_ci_runs_exactly_the_readme_test_command():
   assert len(test_cmd) == 1
   ci = (ROOT / ".ci" / "run").read_text()
   assert test_cmd[0].strip() in [l.strip() for l in ci.splitlines()]
+
+
+def test_readme_norms_example_runs():
+  """The Norms section's block: each optimizer steps the first example's MLP."""
+  blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+  norms = [b for b in blocks if "normopt.muon(" in b]
+  assert len(norms) == 1
+  ns = {}
+  exec(compile(blocks[0], "README.md", "exec"), ns)
+  exec(compile(norms[0], "README.md", "exec"), ns)
+  params, grads = ns["params"], jax.tree.map(np.ones_like, ns["params"])
+  for name in ("tx", "muon_matrices", "signum"):
+    tx = ns[name]
+    u, _ = tx.update(grads, tx.init(params), params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(u)), name
+  u, _ = ns["signum"].update(grads, ns["signum"].init(params))
+  np.testing.assert_allclose(jax.tree.leaves(u)[0], -1e-3)
