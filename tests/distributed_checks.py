@@ -95,7 +95,9 @@ ELEMENTWISE_SPECS = {
 # mapped axis cannot be orthogonalized per shard (with axis_name it raises),
 # so each shard holds whole leaves (data parallelism, gradients replicated).
 REPLICATED_SPECS = {"conv": {"kernel": P()}, "dense": {"kernel": P(), "bias": P()}}
-WHOLE_MATRICES = ("block_normalize:spectral", "muon")
+# Scion's LMOs (spectral, and the per-row/column/vector RMS ones) take no
+# axis_name either: whole leaves per shard.
+WHOLE_MATRICES = ("block_normalize:spectral", "muon", "scale_by_scion", "scion", "scion:scg")
 
 
 def _is_spec(x):
