@@ -1,0 +1,589 @@
+"""Norms on a transformer: the normalized step under the spectral norm (Muon),
+Scion's per-layer norms, the Euclidean block norm (adam_ng) and Adam.
+
+Issue 18 asks whether the normalized step pays on the model class people
+train most, a transformer, once the norm is the right one. This script takes
+the scanned character LM of ``benchmarks/scanned_lm.py`` (its model, data and
+helpers, imported, on CPython's ``pydoc_data.topics``; blocks ``nn.scan``-ned
+under ``"layers"``), shrunk for every optimizer alike (:data:`FULL`), and
+compares, each at its own tuned step size (``_common.TUNING_RULE``):
+
+  * ``adam``: ``optax.adam(lr)``;
+  * ``adam_ng(stacked)``: ``normopt.adam_ng(lr, stacked=stacked_under("layers"))``,
+    the Euclidean norm per layer slice;
+  * ``muon (normopt)``: ``normopt.muon(lr, stacked=...)``, the spectral norm
+    on every hidden matrix slice (Nesterov momentum, Newton-Schulz polar
+    factor, width scale);
+  * ``muon (optax)``: ``optax.contrib.muon(lr, muon_weight_dimension_numbers=
+    ...)`` with ``MuonDimensionNumbers(reduction_axis=1, output_axis=2)`` for
+    the stacked ``(L, fan_in, fan_out)`` kernels (axis 0 a batch axis): the
+    reference;
+  * ``scion``: ``normopt.scion(lr, norms=..., radius=...)``, unconstrained
+    (uSCG), with the reference's per-layer norms for GPT-style models
+    (:data:`SCION_NORMS`, :data:`SCION_RADIUS`).
+
+Both Muons leave the embedding, the positions, the head and the vectors to
+Adam (as modded-nanogpt does; the same mask for both) at ``lr x``
+:data:`ADAM_LR_RATIO`: one tuned knob moves the whole network.
+
+The protocol: a log grid of step sizes about sqrt(10) apart, 2 selection
+seeds trained on the training text minus its last 20% and scored on that
+20% (the selection split); the grid widens while its best value is at an
+edge; then 5 fresh seeds train on the whole training text at the chosen
+step size and are scored on the held-out validation text (scanned_lm's last
+10%, never seen in selection). Seed i gives every optimizer and every step
+size the same initial weights and the same batches; every (step size, seed)
+pair of one optimizer trains in ONE ``jit(vmap)`` with the step size traced.
+Claims are judged by ``_common.VERDICT_RULE`` on the final held-out loss.
+
+Run from the repository root::
+
+  python benchmarks/norms_lm.py                          # full run
+  python benchmarks/norms_lm.py --quick --out /tmp/nlm   # seconds
+  python benchmarks/norms_lm.py --methods scion --out /tmp/part2
+  python benchmarks/norms_lm.py --merge /tmp/part1 /tmp/part2
+
+Only a full run of every method (or a complete ``--merge``) writes
+``benchmarks/results/norms_lm.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import _common
+import normopt
+import scanned_lm
+
+STACK = scanned_lm.STACK
+
+# Shrunk from scanned_lm.FULL (8 x 128, context 64, 1,500 steps) for every
+# optimizer alike, so the whole protocol (about 90 training runs) fits in
+# about 45 minutes on a shared 2-core CPU (measured at load 8-14: 5 runs of
+# 100 steps at d_model 64 took 14-19 s of CPU time).
+FULL = dict(layers=4, d_model=48, heads=4, context=32, batch=16, steps=400,
+            eval_every=50, eval_batches=8, grid_n=5, width=5, xla_options=None)
+QUICK = dict(layers=2, d_model=16, heads=2, context=8, batch=4, steps=8,
+             eval_every=4, eval_batches=1, grid_n=2, width=2,
+             xla_options={"xla_backend_optimization_level": 0})
+
+METHODS = ("adam", "adam_ng(stacked)", "muon (normopt)", "muon (optax)",
+           "scion")
+# A quick run compiles one program per method: three keep it to seconds
+# (the two claims that need no Scion; --methods adds the others).
+QUICK_METHODS = ("adam", "muon (normopt)", "muon (optax)")
+# Grid centres: Adam's usual 1e-3..3e-3; Muon's 0.02 (Jordan et al.);
+# Scion's lr at the reference's radii (its GPT example: 0.00036 at radius
+# 50 for the hidden matrices, 3000 for the head).
+GRID_CENTERS = {"adam": 2e-3, "adam_ng(stacked)": 2e-3, "muon (normopt)": 0.02,
+                "muon (optax)": 0.02, "scion": 4e-4}
+# The Adam leaves of both Muons (embedding, positions, head, vectors) step at
+# lr x this: 0.02 -> 2e-3, Adam's usual step size.
+ADAM_LR_RATIO = 0.1
+# Scion's per-layer norms for GPT-style models (the paper's and the
+# reference's nanoGPT setup): embedding tables "col" (each token's vector to
+# unit RMS), hidden matrices "spectral", the head "sign", vectors "bias_rms".
+# Radii: the reference's GPT example (hidden 50, head 50 x 60); the
+# embedding and position tables take the hidden radius.
+SCION_RADIUS_HIDDEN = 50.0
+SCION_RADIUS_HEAD = 3000.0
+
+PAPER_MUON = ("Jordan et al. 2024: Muon trains transformers faster than "
+              "AdamW (NanoGPT speedrun); qualitative, no number reproduced")
+PAPER_SCION = ("Pethick et al. 2025: Scion (uSCG) trains nanoGPT to a lower "
+               "validation loss than AdamW at the same budget; qualitative")
+PAPER_EQUAL = ("issue 18: normopt's Muon recipe equals optax.contrib.muon to "
+               "float32 roundoff per step (tests/test_muon.py)")
+PAPER_NG = ("context: scanned_lm (untuned, 3 seeds) had adam_ng(stacked) "
+            "1.546 vs Adam 1.520 val nats/char")
+
+
+# ----------------------------------------------------------------------------
+# Optimizers: name -> lr -> optax transformation (lr may be traced).
+# ----------------------------------------------------------------------------
+
+
+def _is_hidden(path, leaf):
+  """A stacked kernel of the scanned blocks: ``layers/<dense>/kernel``."""
+  keys = [getattr(k, "key", None) for k in path]
+  return keys[0] == STACK and keys[-1] == "kernel" and jnp.ndim(leaf) == 3
+
+
+def hidden_mask(params):
+  """True on the hidden matrices (Muon's), False elsewhere (Adam's)."""
+  return jax.tree_util.tree_map_with_path(_is_hidden, params)
+
+
+def optax_dimension_numbers(params):
+  """optax's Muon: ``(L, fan_in, fan_out)`` kernels, axis 0 a batch axis;
+  ``None`` (Adam) for every other leaf."""
+  dn = optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=2)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: dn if _is_hidden(p, x) else None, params)
+
+
+def scion_norm(path, leaf):
+  """Scion's norm of one leaf (a callable for ``normopt.scion(norms=...)``)."""
+  keys = [getattr(k, "key", None) for k in path]
+  if keys[0] == "head" and keys[-1] == "kernel":
+    return "sign"
+  if keys[0] in ("embed", "pos"):
+    return "col"
+  if _is_hidden(path, leaf):
+    return "spectral"
+  return "bias_rms"
+
+
+def scion_radius(params):
+  """Per-leaf radius: the head's and the rest's (the reference's GPT ratio)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: SCION_RADIUS_HEAD if getattr(p[0], "key", None) == "head"
+      and getattr(p[-1], "key", None) == "kernel" else SCION_RADIUS_HIDDEN,
+      params)
+
+
+def make_optimizers(params_shape):
+  """name -> ``lr -> optimizer`` for every method this normopt provides."""
+  stacked = normopt.stacked_under(STACK)
+  opts = {
+      "adam": optax.adam,
+      "adam_ng(stacked)": lambda lr: normopt.adam_ng(lr, stacked=stacked),
+      "muon (normopt)": lambda lr: normopt.muon(
+          lr, stacked=stacked, muon_mask=hidden_mask,
+          adam_learning_rate=lr * ADAM_LR_RATIO),
+      "muon (optax)": lambda lr: optax.contrib.muon(
+          lr, muon_weight_dimension_numbers=optax_dimension_numbers,
+          adam_learning_rate=lr * ADAM_LR_RATIO),
+  }
+  if hasattr(normopt, "scion"):
+    radius = scion_radius(params_shape)
+    opts["scion"] = lambda lr: normopt.scion(
+        lr, norms=scion_norm, radius=radius, constrained=False,
+        stacked=stacked)
+  return opts
+
+
+# ----------------------------------------------------------------------------
+# Training: every (lr, seed) pair of one optimizer in one jit(vmap).
+# ----------------------------------------------------------------------------
+
+
+class Splits(NamedTuple):
+  """The whole text and where each phase trains and scores (character
+  ranges ``[lo, hi)`` of ``ids``)."""
+  ids: np.ndarray
+  select_train: tuple[int, int]  # the training text minus its last 20%
+  select_val: tuple[int, int]    # the last 20% of the training text
+  train: tuple[int, int]         # the whole training text (final runs)
+  held_out: tuple[int, int]      # scanned_lm's validation text (reported)
+
+
+def load_splits():
+  """:class:`Splits` of scanned_lm's text, and its vocabulary."""
+  train_ids, val_ids, vocab = scanned_lm.load_text()
+  n_tr, n_sel = len(train_ids), int(len(train_ids) * _common.VAL_FRACTION)
+  ids = np.concatenate([train_ids, val_ids])
+  return Splits(ids, (0, n_tr - n_sel), (n_tr - n_sel, n_tr), (0, n_tr),
+                (n_tr, len(ids))), vocab
+
+
+def _starts(rng, span, context, shape):
+  """Window starts inside ``span``: every window's characters (with its
+  target) lie in ``[lo, hi)``."""
+  lo, hi = span
+  return lo + scanned_lm.window_starts(rng, hi - lo, context, shape)
+
+
+def make_run(model, make_tx, cfg, splits):
+  """``run(seeds, lrs, phase) -> (lrs, seeds, evals + 1, 2)`` losses [train, scored].
+
+  ``phase`` is ``"select"`` (train on the selection text, score the
+  selection split) or ``"final"`` (train on the whole training text, score
+  the held-out text). The losses are means over fixed windows (the same for
+  every optimizer, seed and step size) of the text trained on and of the
+  text scored, before training and every ``eval_every`` steps. Seed ``s``
+  fixes the initial weights (``scanned_lm.init_params``) and the batch
+  windows (``np.random.default_rng(s)``): runs are paired across step sizes
+  and optimizers.
+
+  One ``jit(vmap)`` over (step size, seed) pairs, the step size traced, of
+  a fixed width ``cfg["width"]``: every call of every phase (the grid, a
+  widening step, the final seeds) runs the SAME compiled program, in
+  ``ceil(pairs / width)`` calls (the last one padded), so each optimizer
+  compiles once.
+  """
+  context, batch, width = cfg["context"], cfg["batch"], cfg["width"]
+  n_evals = cfg["steps"] // cfg["eval_every"]
+  ids = jnp.asarray(splits.ids)
+  rng = np.random.default_rng(10_000)
+  shape = (cfg["eval_batches"], batch)
+  windows = {
+      "select": (splits.select_train, splits.select_val),
+      "final": (splits.train, splits.held_out)}
+  ev = {phase: tuple(jnp.asarray(_starts(rng, span, context, shape))
+                     for span in spans) for phase, spans in windows.items()}
+
+  def mean_loss(params, starts):
+    def one(_, s):
+      x, y = scanned_lm.gather(ids, s, context)
+      return None, scanned_lm.loss_fn(model, params, x, y)
+    return jax.lax.scan(one, None, starts)[1].mean()
+
+  def one_run(params, starts, lr, ev_train, ev_scored):
+    tx = make_tx(lr)
+    evaluate = lambda p: jnp.stack([mean_loss(p, ev_train),
+                                    mean_loss(p, ev_scored)])
+
+    def step(carry, s):
+      params, state = carry
+      x, y = scanned_lm.gather(ids, s, context)
+      grads = jax.grad(lambda p: scanned_lm.loss_fn(model, p, x, y))(params)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    def chunk(carry, starts_chunk):
+      carry, _ = jax.lax.scan(step, carry, starts_chunk)
+      return carry, evaluate(carry[0])
+
+    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), starts)
+    return jnp.concatenate([evaluate(params)[None], curve])
+
+  train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0, None, None)),
+                  compiler_options=cfg["xla_options"])
+  init = jax.jit(lambda seed: scanned_lm.init_params(model, seed, cfg))
+
+  def run(seeds, lrs, phase):
+    span = windows[phase][0]
+    pairs = [(lr, s) for lr in lrs for s in seeds]
+    n = len(pairs)
+    pairs += [pairs[-1]] * (-n % width)  # pad the last call
+    outs = []
+    for i in range(0, len(pairs), width):
+      part = pairs[i:i + width]
+      params = [init(s) for _, s in part]
+      starts = [_starts(np.random.default_rng(s), span, context,
+                        (n_evals, cfg["eval_every"], batch)) for _, s in part]
+      outs.append(np.asarray(train(
+          jax.tree.map(lambda *a: jnp.stack(a), *params),
+          jnp.asarray(np.stack(starts)),
+          jnp.asarray([lr for lr, _ in part], jnp.float32), *ev[phase]),
+          np.float64))
+    out = np.concatenate(outs)[:n]
+    return out.reshape((len(lrs), len(seeds)) + out.shape[1:])
+
+  return run
+
+
+def tune_and_run(name, make_tx, model, cfg, splits, quiet=False):
+  """The tuning record (+ selection curves) and the final-seed curves."""
+  run = make_run(model, make_tx, cfg, splits)
+  curves = {}
+
+  def evaluate(lrs, seeds):
+    t0 = time.perf_counter()
+    out = run(seeds, lrs, "select")
+    for lr, c in zip(lrs, out, strict=True):
+      curves[float(lr)] = c
+    if not quiet:
+      print(f"  {name}: {len(lrs)} x {len(seeds)} selection runs,"
+            f" {time.perf_counter() - t0:.0f} s: " + ", ".join(
+                f"{lr:g} -> {np.mean(c[:, -1, 1]):.3f}"
+                for lr, c in zip(lrs, out, strict=True)), flush=True)
+    return out[:, :, -1, 1]
+
+  record = _common.tune_lr(
+      evaluate, _common.log_grid(GRID_CENTERS[name], cfg["grid_n"]))
+  record["final_seeds"] = list(_common.FINAL_SEEDS)
+  record["method"] = name
+  t0 = time.perf_counter()
+  final = run(list(_common.FINAL_SEEDS), [record["chosen"]], "final")[0]
+  if not quiet:
+    print(f"  {name}: final at {record['chosen']:g},"
+          f" {time.perf_counter() - t0:.0f} s: held-out"
+          f" {final[:, -1, 1].mean():.4f}", flush=True)
+  selection = {f"{lr:g}": {"train_loss": curves[lr][:, :, 0].tolist(),
+                           "val_loss": curves[lr][:, :, 1].tolist()}
+               for lr in record["grid"]}
+  return record, selection, final
+
+
+# ----------------------------------------------------------------------------
+# Claims
+# ----------------------------------------------------------------------------
+
+CLAIMS = (
+    ("spectral-normalized momentum (normopt muon) beats tuned Adam",
+     "muon (normopt)", "adam", PAPER_MUON),
+    ("Scion beats tuned Adam", "scion", "adam", PAPER_SCION),
+    ("normopt's Muon recipe and optax's Muon are within noise of each other",
+     "muon (normopt)", "muon (optax)", PAPER_EQUAL),
+    ("adam_ng(stacked) beats tuned Adam", "adam_ng(stacked)", "adam", PAPER_NG),
+)
+EQUIVALENCE = CLAIMS[2][0]
+METRIC = "final held-out validation loss (nats/char)"
+
+
+def make_claims(final):
+  """Every claim whose two methods ran; judged on the held-out loss, with
+  the training-loss difference alongside."""
+  out = []
+  for text, a, b, paper in CLAIMS:
+    if a not in final or b not in final:
+      continue
+    fa, fb = final[a], final[b]
+    train = _common.claim(text, fa["train_loss"], fb["train_loss"])
+    diffs = np.asarray(fa["val_loss"]) - np.asarray(fb["val_loss"])
+    extra = dict(method_a=a, method_b=b, train_diff=train["diff"], train_ci=train["ci"],
+                 max_abs_seed_diff=float(np.max(np.abs(diffs))))
+    if text == EQUIVALENCE:
+      extra["equivalence"] = ("an equivalence claim: it holds when the CI "
+                              "contains 0 (verdict 'within noise'); 'holds' "
+                              "or 'reversed' would refute it")
+    out.append(_common.claim(text, fa["val_loss"], fb["val_loss"],
+                             metric=METRIC, paper=paper, **extra))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Run, merge, outputs
+# ----------------------------------------------------------------------------
+
+
+def _file_sha(path):
+  import hashlib
+  import pathlib
+  p = pathlib.Path(normopt.__file__).parent / path
+  return hashlib.sha256(p.read_bytes()).hexdigest()[:12] if p.exists() else None
+
+
+def run(cfg, methods, quiet=False):
+  t_wall, t_cpu, started = time.perf_counter(), time.process_time(), time.time()
+  splits, vocab = load_splits()
+  model, _ = scanned_lm.make_models(cfg, len(vocab))
+  shape = jax.eval_shape(lambda: scanned_lm.init_params(model, 0, cfg))
+  opts = make_optimizers(shape)
+  missing = [m for m in methods if m not in opts]
+  if missing:
+    raise SystemExit(f"not in this normopt: {missing}")
+  tuning, selection, results, final, seconds = {}, {}, {}, {}, {}
+  for name in methods:
+    t0 = time.perf_counter()
+    record, sel, curves = tune_and_run(name, opts[name], model, cfg, splits,
+                                       quiet)
+    seconds[name] = time.perf_counter() - t0
+    tuning[name], selection[name] = record, sel
+    results[name] = {"train_loss": curves[:, :, 0].tolist(),
+                     "val_loss": curves[:, :, 1].tolist()}
+    final[name] = {"train_loss": curves[:, -1, 0].tolist(),
+                   "val_loss": curves[:, -1, 1].tolist()}
+  import flax
+  n_params = sum(x.size for x in jax.tree.leaves(shape))
+  return {
+      "benchmark": "norms_lm",
+      "config": dict(
+          cfg, methods=list(methods), grid_centers=dict(GRID_CENTERS),
+          adam_lr_ratio=ADAM_LR_RATIO,
+          scion=dict(norms="embed, pos: col; layers/*/kernel: spectral; "
+                     "head/kernel: sign; every vector: bias_rms",
+                     radius_hidden=SCION_RADIUS_HIDDEN,
+                     radius_head=SCION_RADIUS_HEAD, momentum=0.1,
+                     constrained=False),
+          muon_mask="hidden stacked kernels (layers/*/kernel) to Muon; "
+          "embed, pos, head, LayerNorms to Adam at lr x adam_lr_ratio "
+          "(both Muons)",
+          select_seeds=list(_common.SELECT_SEEDS),
+          final_seeds=list(_common.FINAL_SEEDS),
+          selection_metric="final loss on the selection split (last 20% of "
+          "the training text)", metric=METRIC,
+          tuning_rule=_common.TUNING_RULE, verdict_rule=_common.VERDICT_RULE,
+          n_params=int(n_params), vocab=len(vocab),
+          chars={k: span[1] - span[0] for k, span in
+                 splits._asdict().items() if k != "ids"},
+          data="pydoc_data.topics (CPython help texts) as in scanned_lm: "
+          "last 10% of characters held out (reported); selection trains on "
+          "the first 80% of the rest and scores the last 20%",
+          model="scanned_lm.CharLM (pre-LN char transformer, blocks "
+          f"nn.scan-ned under '{STACK}'), shrunk",
+          machine=_common.machine_info(),
+          versions=dict(jax=jax.__version__, optax=optax.__version__,
+                        flax=flax.__version__)),
+      "steps": list(range(0, cfg["steps"] + 1, cfg["eval_every"])),
+      "tuning": tuning,
+      "selection_curves": selection,
+      "results": results,
+      "final": final,
+      "claims": make_claims(final),
+      "method_seconds": seconds,
+      "elapsed_s": time.perf_counter() - t_wall,
+      "cpu_s": time.process_time() - t_cpu,
+      "started": started, "ended": time.time(),
+      "sources": {f: _file_sha(f) for f in ("muon.py", "muon_recipe.py", "scion.py", "norms.py",
+                                          "normalization.py") if _file_sha(f)},
+  }
+
+
+#: Config keys that may differ between parts of one run (see ``--merge``).
+_PART_KEYS = ("methods", "machine")
+
+
+def merge(parts):
+  """One result from parts of disjoint method subsets (same config); claims
+  recomputed from the merged per-seed values. Returns ``(result, complete)``."""
+  _common.check_same_config(parts, _PART_KEYS)
+  out = dict(parts[0], config=dict(parts[0]["config"]))
+  for key in ("tuning", "selection_curves", "results", "final",
+              "method_seconds"):
+    out[key] = {}
+  methods = []
+  for p in parts:
+    for name in p["config"]["methods"]:
+      if name in methods:
+        raise ValueError(f"{name} is in two parts")
+      methods.append(name)
+      for key in ("tuning", "selection_curves", "results", "final",
+                  "method_seconds"):
+        out[key][name] = p[key][name]
+  methods = [m for m in METHODS if m in methods]
+  for key in ("tuning", "selection_curves", "results", "final",
+              "method_seconds"):
+    out[key] = {m: out[key][m] for m in methods}
+  out["config"]["methods"] = methods
+  out["config"]["machine"] = " | ".join(p["config"]["machine"] for p in parts)
+  out["claims"] = make_claims(out["final"])
+  # Parts may run side by side: the wall time is first start to last end.
+  out["started"] = min(p["started"] for p in parts)
+  out["ended"] = max(p["ended"] for p in parts)
+  out["elapsed_s"] = out["ended"] - out["started"]
+  out["cpu_s"] = sum(p["cpu_s"] for p in parts)
+  out["merged_parts"] = len(parts)
+  out["quick"] = any(p.get("quick") for p in parts)
+  return out, methods == list(METHODS) and not out["quick"]
+
+
+def _ms(values, digits=3):
+  m, s = _common.mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown(payload):
+  cfg = payload["config"]
+  lines = [
+      f"Character LM on pydoc topics (scanned_lm's model, shrunk):"
+      f" {cfg['layers']} scanned blocks, d_model {cfg['d_model']},"
+      f" {cfg['heads']} heads, context {cfg['context']}, batch {cfg['batch']},"
+      f" {cfg['steps']} steps, {cfg['n_params']:,} parameters; constant step"
+      " sizes. Loss in nats per character on fixed windows; reported: the"
+      f" held-out text, {len(cfg['final_seeds'])} fresh seeds, mean ± std.",
+      "",
+      "| optimizer | chosen lr | grid | interior | final train loss |"
+      " final held-out loss |",
+      "|---|---:|---|:-:|---:|---:|",
+  ]
+  for name, f in payload["final"].items():
+    rec = payload["tuning"][name]
+    lines.append(
+        f"| {name} | {rec['chosen']:g} | {rec['grid'][0]:g} …"
+        f" {rec['grid'][-1]:g} ({len(rec['grid'])}) |"
+        f" {'yes' if rec['interior'] else 'no'} | {_ms(f['train_loss'])} |"
+        f" {_ms(f['val_loss'])} |")
+  lines += ["", "Mean final selection loss over the selection seeds"
+            " (∞: diverged), per grid value:", ""]
+  for name, rec in payload["tuning"].items():
+    vals = ", ".join(f"{lr:g}: {'∞' if v is None else f'{v:.4f}'}"
+                     for lr, v in zip(rec["grid"], rec["mean_val_loss"],
+                                      strict=True))
+    lines.append(f"- {name}: {vals}")
+  lines += ["", "| claim | held-out A − B [95% CI] | train A − B [95% CI] |"
+            " max per-seed \\|A − B\\| | verdict |", "|---|---:|---:|---:|---|"]
+  for c in payload["claims"]:
+    train = _common.format_ci(dict(diff=c["train_diff"], ci=c["train_ci"]),
+                              digits=4)
+    lines.append(f"| {c['claim']} | {_common.format_ci(c, digits=4)} |"
+                 f" {train} | {c['max_abs_seed_diff']:.4f} | {c['verdict']} |")
+  if any(c["claim"] == EQUIVALENCE for c in payload["claims"]):
+    lines += ["", "The Muon-vs-Muon row is an equivalence claim: it holds"
+              " when its CI contains 0 (verdict \"within noise\"); \"holds\""
+              " or \"reversed\" there would mean the two Muons differ. A CI"
+              " containing 0 does not prove equality: its width and the"
+              " largest per-seed difference bound how far apart they can be"
+              " here."]
+  s = cfg["scion"]
+  lines += [
+      "", f"Muons: {cfg['muon_mask']} ({cfg['adam_lr_ratio']:g}). Scion"
+      f" (uSCG, momentum {s['momentum']}): {s['norms']}; radius"
+      f" {s['radius_hidden']:g}, head {s['radius_head']:g}.",
+      "", f"Tuning: {cfg['tuning_rule']} Here the \"training set\" is the"
+      " training text and the \"test set\" the held-out text.",
+      "", f"Verdicts: {cfg['verdict_rule']}",
+      "", f"Time: {payload['elapsed_s']:.0f} s wall, {payload['cpu_s']:.0f} s"
+      " CPU (all threads) for the whole run; per method (tuning + final): "
+      + ", ".join(f"{k} {v:.0f} s" for k, v in
+                  payload["method_seconds"].items())
+      + (f"; {payload['merged_parts']} parts, merged: wall from the first"
+         " start to the last end, CPU summed; per-method times overlap when"
+         " parts ran side by side" if payload.get("merged_parts") else "")
+      + "."]
+  return "\n".join(lines) + "\n"
+
+
+def page(payload):
+  return "# Norms on a scanned char LM\n\n" + markdown(payload)
+
+
+def plot(payload):
+  import matplotlib.pyplot as plt
+
+  steps = np.asarray(payload["steps"])
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  lo = np.inf
+  for name, r in payload["results"].items():
+    lr = payload["tuning"][name]["chosen"]
+    for ax, key in zip(axes, ("val_loss", "train_loss"), strict=True):
+      mean = np.asarray(r[key]).mean(0)
+      ax.plot(steps, mean, label=f"{name} (lr {lr:g})",
+              ls="--" if name == "muon (optax)" else "-")
+      lo = min(lo, mean.min())
+  for ax, what in zip(axes, ("held-out validation loss", "training loss"),
+                      strict=True):
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / char")
+    ax.set_title(f"{what}, mean over {len(_common.FINAL_SEEDS)} seeds")
+    ax.set_ylim(lo - 0.1, lo + 1.2)
+    ax.legend(fontsize=8)
+  cfg = payload["config"]
+  fig.suptitle(f"Char LM ({cfg['layers']} scanned blocks, d {cfg['d_model']}):"
+               " each optimizer at its tuned step size", fontsize=11)
+  return fig
+
+
+def main(argv=None):
+  parser = _common.make_parser(
+      __doc__, "tiny model, 2 grid values, a few steps (seconds)")
+  parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                      metavar="NAME", help=f"a subset of {METHODS}")
+  _common.add_merge_arg(parser, "norms_lm", "--methods")
+  args = parser.parse_args(argv)
+  figures = {"norms_lm.png": plot}
+  if args.merge:
+    return _common.run_merge(parser, args, "norms_lm", merge, page, figures)
+  default = QUICK_METHODS if args.quick else METHODS
+  methods = [m for m in METHODS if m in (args.methods or default)]
+  partial = methods != list(METHODS)
+  out = _common.output_dir(parser, args, "norms_lm", partial)
+  payload = run(dict(QUICK if args.quick else FULL), methods, args.quiet)
+  payload["quick"] = args.quick
+  _common.write_results(out, "norms_lm", payload, page(payload), figures)
+  print(markdown(payload))
+  return payload
+
+
+if __name__ == "__main__":
+  main()
+  sys.exit(0)
