@@ -223,8 +223,8 @@ def polar_factors(
     The polar factors, each of its input's shape, in float32 or wider.
   """
   steps = ns_coefficients(ns_coeffs, ns_steps)
-  mesh = _mesh_of(mats) if grouped else None
-  axes, n_dev = _split_axes(mesh)
+  mesh = _mesh_of(mats)
+  axes, n_dev = _split_axes(mesh) if grouped else ((), 1)
   # Each matrix in its wide orientation (m <= n): the Gram matrix is m x m.
   oriented: list[tuple[Any, bool]] = []
   groups: dict[Any, list[int]] = {}
@@ -239,8 +239,13 @@ def polar_factors(
   for members in groups.values():
     xs = [oriented[i][0] for i in members]
     sizes = [x.shape[0] for x in xs]
-    if mesh is not None and _explicit(mesh) and len({_explicit_spec(x) for x in xs}) > 1:
-      # Concatenation needs one layout: members laid out alike stay as they are.
+    specs = {_explicit_spec(x) for x in xs}
+    if mesh is not None and _explicit(mesh) and (
+        len(specs) > 1 or (n_dev == 1 and any(a is not None for sp in specs for a in sp or ()))):
+      # Concatenation needs one layout (members laid out alike stay as they
+      # are), and a matrix split along its rows or columns is gathered unless
+      # the group is split by matrix below: a matmul of split matrices has no
+      # legal Explicit sharding.
       xs = [_constrain(x, mesh, jax.sharding.PartitionSpec()) for x in xs]
     batch = xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)
     if n_dev > 1:
