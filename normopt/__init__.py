@@ -39,9 +39,9 @@ from normopt.normalization import ScaleByAdagradBNGState
 from normopt.norms import NormSpec
 from normopt.norms import polar_factors
 from normopt.schedules import stagewise_schedule
-from normopt.scion import scale_by_scion
-from normopt.scion import ScaleByScionState
-from normopt.scion import scion
+from normopt.scion_lmo import scale_by_scion
+from normopt.scion_lmo import ScaleByScionState
+from normopt.scion_lmo import scion
 from normopt.spherical import nd_adam_transform
 from normopt.spherical import NDAdamState
 from normopt.spherical import normalize_vectors

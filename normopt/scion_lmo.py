@@ -29,7 +29,7 @@ axes, their product in place of ``H·W``), the others at least two. Every LMO
 adds ``eps`` where it divides (to the RMS or norm, and to the Frobenius norm
 before Newton–Schulz), so a zero gradient gives a zero step.
 
-Each LMO is one row of :data:`LMOS`. The polar factors of all spectral leaves
+Each LMO is one row of ``LMOS``. The polar factors of all spectral leaves
 of a tree come from ONE call of :func:`normopt.norms.directions` (so of
 :func:`normopt.polar_factors`), grouped by shape and dtype and split across a
 mesh's devices by matrix.
@@ -236,7 +236,7 @@ def scale_by_scion(
 
   with ``α = momentum`` (Scion's convention: it weighs the NEW gradient;
   ``momentum=1`` is no momentum) and ``ρ = radius``. ``lmo`` is the leaf's
-  row of :data:`LMOS` (see :mod:`normopt.scion`), chosen by ``norms``.
+  row of ``normopt.scion_lmo.LMOS`` (see :mod:`normopt.scion_lmo`), chosen by ``norms``.
   ``optax.scale_by_learning_rate`` after it gives Scion's unconstrained
   step ``w ← w − lr·u``; :func:`scion` builds both forms.
 
@@ -244,7 +244,7 @@ def scale_by_scion(
     momentum: weight of the new gradient in the momentum, in ``(0, 1]``.
     norms: ``"auto"`` (vectors ``"bias_rms"``, 2-D leaves ``"spectral"``,
       leaves with three or more axes ``"spectral_conv"``: the reference's
-      rule, on the non-stacked axes), a name of :data:`LMOS`, a callable
+      rule, on the non-stacked axes), a name of ``normopt.scion_lmo.LMOS``, a callable
       ``(path, leaf) -> name`` or a pytree prefix of names (``"auto"``
       allowed in each).
     radius: the norm-ball radius ``ρ`` (Scion's ``scale``), a number or a
@@ -351,7 +351,7 @@ def scion(
     learning_rate: step size ``η`` (a float or an ``optax.Schedule``).
     momentum: weight of the new gradient in the momentum (Scion's
       convention: 0.1 is the usual momentum 0.9; 1 is none).
-    norms: per-leaf LMO: ``"auto"``, a name of :data:`LMOS`, a callable
+    norms: per-leaf LMO: ``"auto"``, a name of ``normopt.scion_lmo.LMOS``, a callable
       ``(path, leaf) -> name`` or a pytree prefix of names (see
       :func:`scale_by_scion`).
     radius: the norm-ball radius ``ρ`` (Scion's ``scale``), a number or a

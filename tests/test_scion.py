@@ -1,6 +1,6 @@
 """Scion (DESIGN §7) against float64 NumPy references from the paper's formulas.
 
-Every LMO of ``normopt.scion.LMOS`` is written here in NumPy for a Flax
+Every LMO of ``normopt.scion_lmo.LMOS`` is written here in NumPy for a Flax
 kernel ``(fan_in, fan_out)`` with no normopt code: the spectral ones as the
 SVD polar factor ``U Vᵀ`` times their shape scales (normopt runs the
 converging Newton–Schulz coefficients ``(1.5, -0.5, 0.0)`` with enough steps
@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import normopt
-from normopt.scion import LMOS
+from normopt.scion_lmo import LMOS
 
 CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=30)
 EPS = 1e-8
