@@ -267,3 +267,24 @@ def test_scg_needs_params():
   tx = normopt.scion(0.1, constrained=True)
   with pytest.raises(ValueError, match="scion"):
     tx.update(g, tx.init(g))
+
+
+def test_scg_with_a_schedule_under_inject_hyperparams():
+  rng = np.random.default_rng(6)
+  params = _f32({"head": rng.normal(size=(4, 3)), "w": rng.normal(size=(3, 3)),
+                 "b": rng.normal(size=3)})
+  grads = [_f32(jax.tree.map(lambda x: rng.normal(size=x.shape), params)) for _ in range(3)]
+  schedule = optax.exponential_decay(0.1, 1, 0.5)
+  pick = lambda path, leaf: "sign" if "head" in jax.tree_util.keystr(path) else "auto"  # noqa: E731
+  kw = dict(learning_rate=schedule, momentum=0.5, radius=2.0, constrained=True, norms=pick)
+  direct = normopt.scion(**kw)
+  injected = optax.inject_hyperparams(normopt.scion, static_args=("norms",))(**kw)
+  outs = []
+  for tx in (direct, injected):
+    p, s = params, tx.init(params)
+    for g in grads:
+      u, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, u)
+    outs.append(p)
+  chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+  assert float(s.hyperparams["learning_rate"]) == pytest.approx(0.1 * 0.5 ** 2)  # step 2 of 0, 1, 2
