@@ -1,7 +1,9 @@
 """Ready-made optimizers: each is ``chain(primitives..., scale_by_learning_rate)``.
 
 With the normalization switched off (a gradient whose blocks already have
-unit norm), each BNG alias equals its optax base.
+unit norm), each BNG alias equals its optax base. ``weight_decay`` is
+decoupled, as in ``optax.adamw``: ``optax.add_decayed_weights`` sits right
+before ``scale_by_learning_rate``, so no moment, norm or accumulator sees it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, TypeAlias
 
 import optax
 
+from normopt._numerics import decayed_weights
 from normopt.adanorm import scale_by_adanorm_moments
 from normopt.adanorm import scale_by_diffgrad
 from normopt.blocks import BlockSpec
@@ -18,6 +21,7 @@ from normopt.blocks import StackedSpec
 from normopt.normalization import block_normalize
 from normopt.normalization import ngadap_scale
 from normopt.normalization import scale_by_adagrad_bng
+from normopt.norms import NormSpec
 from normopt.schedules import stagewise_schedule
 from normopt.spherical import nd_adam_transform
 from normopt.spherical import VectorAxes
@@ -25,17 +29,27 @@ from normopt.spherical import VectorAxes
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
-def _sgdm(learning_rate, momentum, nesterov):
+def _decay_then_lr(learning_rate, weight_decay, weight_decay_mask):
+  """Every alias's tail: decoupled weight decay (none for a literal 0), then
+  the learning rate, so the step is ``−lr·(direction + λ·w)``."""
+  decay = decayed_weights(weight_decay, weight_decay_mask)
   return (
-      optax.trace(decay=momentum, nesterov=nesterov),
+      *(() if decay is None else (decay,)),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def _adam(learning_rate, b1, b2, eps, mu_dtype):
+def _sgdm(learning_rate, momentum, nesterov, weight_decay, weight_decay_mask):
+  return (
+      optax.trace(decay=momentum, nesterov=nesterov),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
+  )
+
+
+def _adam(learning_rate, b1, b2, eps, mu_dtype, weight_decay, weight_decay_mask):
   return (
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -48,6 +62,11 @@ def sgd_ng(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
+    norm: NormSpec = "l2",
+    ns_steps: int = 5,
+    ns_coeffs: Any = (3.4445, -4.7750, 2.0315),
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum on block-normalized gradients (BNG "SGDM-NG").
 
@@ -65,6 +84,15 @@ def sgd_ng(
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
+    norm: the block norm, see :func:`normopt.block_normalize` (with
+      ``ns_steps`` and ``ns_coeffs``, its Newton–Schulz settings for
+      ``"spectral"``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -88,9 +116,10 @@ def sgd_ng(
   """
   return optax.chain(
       block_normalize(
-          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
-      *_sgdm(learning_rate, momentum, nesterov),
+      *_sgdm(learning_rate, momentum, nesterov, weight_decay, weight_decay_mask),
   )
 
 
@@ -104,7 +133,12 @@ def adam_ng(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
+    norm: NormSpec = "l2",
+    ns_steps: int = 5,
+    ns_coeffs: Any = (3.4445, -4.7750, 2.0315),
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam on block-normalized gradients (BNG "Adam-NG").
 
@@ -123,6 +157,15 @@ def adam_ng(
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
+    norm: the block norm, see :func:`normopt.block_normalize` (with
+      ``ns_steps`` and ``ns_coeffs``, its Newton–Schulz settings for
+      ``"spectral"``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -146,9 +189,12 @@ def adam_ng(
   """
   return optax.chain(
       block_normalize(
-          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
-      *_adam(learning_rate, b1, b2, eps, mu_dtype),
+      *_adam(
+          learning_rate, b1, b2, eps, mu_dtype, weight_decay, weight_decay_mask
+      ),
   )
 
 
@@ -161,6 +207,8 @@ def adagrad_ng(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad (optax's form) on block-normalized gradients (BNG "AdaGrad-NG").
 
@@ -181,6 +229,12 @@ def adagrad_ng(
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -209,7 +263,7 @@ def adagrad_ng(
       optax.scale_by_rss(
           initial_accumulator_value=initial_accumulator_value, eps=eps
       ),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -223,6 +277,8 @@ def sgd_ngadap(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum on ``α‖w_b‖``-scaled block directions (BNG "NG_adap").
@@ -247,6 +303,12 @@ def sgd_ngadap(
     min_param_norm: floor on the parameter norm (0: the paper's rule; an
       ablation otherwise).
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformation``; ``update`` needs ``params``.
@@ -273,7 +335,7 @@ def sgd_ngadap(
           alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
           stacked=stacked, min_param_norm=min_param_norm,
       ),
-      *_sgdm(learning_rate, momentum, nesterov),
+      *_sgdm(learning_rate, momentum, nesterov, weight_decay, weight_decay_mask),
   )
 
 
@@ -288,6 +350,8 @@ def adam_ngadap(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -314,6 +378,12 @@ def adam_ngadap(
     min_param_norm: floor on the parameter norm (0: the paper's rule; an
       ablation otherwise).
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformation``; ``update`` needs ``params``.
@@ -340,7 +410,9 @@ def adam_ngadap(
           alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
           stacked=stacked, min_param_norm=min_param_norm,
       ),
-      *_adam(learning_rate, b1, b2, eps, mu_dtype),
+      *_adam(
+          learning_rate, b1, b2, eps, mu_dtype, weight_decay, weight_decay_mask
+      ),
   )
 
 
@@ -352,6 +424,8 @@ def adagrad_bng(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad-BNG, the BNG paper's appendix Algorithm 2.
 
@@ -368,6 +442,12 @@ def adagrad_bng(
       pytree prefix of ints (see :mod:`normopt.blocks`).
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -394,7 +474,7 @@ def adagrad_bng(
           delta=delta, blocks=blocks, eps=eps_norm, axis_name=axis_name,
           stacked=stacked,
       ),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -404,6 +484,11 @@ def sngd(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
+    norm: NormSpec = "l2",
+    ns_steps: int = 5,
+    ns_coeffs: Any = (3.4445, -4.7750, 2.0315),
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic normalized gradient descent: ``w ← w − η g/‖g‖`` (global norm).
 
@@ -413,6 +498,15 @@ def sngd(
       slice of a stacked leaf, so stacking does not change it.
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
+    norm: the block norm, see :func:`normopt.block_normalize` (with
+      ``ns_steps`` and ``ns_coeffs``, its Newton–Schulz settings for
+      ``"spectral"``).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -431,9 +525,10 @@ def sngd(
   """
   return optax.chain(
       block_normalize(
-          blocks="global", eps=eps_norm, axis_name=axis_name, stacked=stacked
+          blocks="global", eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -444,6 +539,8 @@ def s_sngd(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stagewise SNGD (S-SNGD, Algorithm 2): SNGD with stages ``M_t = ⌈S/α_t⌉``.
 
@@ -453,6 +550,12 @@ def s_sngd(
     stacked: as :func:`sngd` (the global norm is unchanged by stacking).
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -479,6 +582,8 @@ def s_sngd(
       stacked=stacked,
       eps_norm=eps_norm,
       axis_name=axis_name,
+      weight_decay=weight_decay,
+      weight_decay_mask=weight_decay_mask,
   )
 
 
@@ -492,6 +597,8 @@ def nd_adam(
     *,
     stacked: StackedSpec = None,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ND-Adam: Adam on the unit sphere for weight vectors, Adam for the rest.
@@ -533,6 +640,14 @@ def nd_adam(
       The default vectors of a stacked leaf are those of each slice.
     axis_name: mapped axis across which the vectors are sharded.
     mu_dtype: optional dtype of the first moment.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule) of the
+      leaves that are not vectors: their step is
+      ``−learning_rate_scalar·(d + λw)``, as in ``optax.adamw``; the vectors
+      stay on the sphere and never decay. Nonzero: ``update`` needs
+      ``params`` (it always does here).
+    weight_decay_mask: which of those leaves decay: a pytree prefix of the
+      params holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformation``; ``update`` needs ``params``.
@@ -563,16 +678,17 @@ def nd_adam(
       learning_rate_vector=learning_rate_vector,
       learning_rate_scalar=learning_rate_scalar, b1=b1, b2=b2, eps=eps,
       vector_axes=vector_axes, stacked=stacked, axis_name=axis_name,
+      weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
       mu_dtype=mu_dtype,
   )
 
 
 # --- AdaNorm (Dubey et al., WACV 2023) and diffGrad -------------------------
 
-def _adanorm_alias(kind, learning_rate, **kwargs):
+def _adanorm_alias(kind, learning_rate, weight_decay, weight_decay_mask, **kwargs):
   return optax.chain(
       scale_by_adanorm_moments(kind=kind, **kwargs),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -587,6 +703,8 @@ def adam_norm(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     eps_root: float = 0.0,
     nesterov: bool = False,
@@ -611,6 +729,12 @@ def adam_norm(
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -632,7 +756,8 @@ def adam_norm(
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
   return _adanorm_alias(
-      "adam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      "adam", learning_rate, weight_decay, weight_decay_mask,
+      gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov, blocks=blocks,
       stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,
   )
@@ -645,6 +770,8 @@ def diffgrad(
     eps: float = 1e-8,
     *,
     stacked: StackedSpec = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     eps_root: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -659,6 +786,12 @@ def diffgrad(
     stacked: accepted for a uniform signature: diffGrad is element-wise, so a
       stacked leaf already behaves as its unrolled slices.
     mu_dtype: optional dtype of the first moment.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -684,7 +817,7 @@ def diffgrad(
       scale_by_diffgrad(
           b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, eps_root=eps_root
       ),
-      optax.scale_by_learning_rate(learning_rate),
+      *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
 
 
@@ -699,6 +832,8 @@ def diffgrad_norm(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     eps_root: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -721,6 +856,12 @@ def diffgrad_norm(
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -739,7 +880,8 @@ def diffgrad_norm(
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
   return _adanorm_alias(
-      "diffgrad", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      "diffgrad", learning_rate, weight_decay, weight_decay_mask,
+      gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, stacked=stacked,
       eps_norm=eps_norm, axis_name=axis_name,
   )
@@ -756,6 +898,8 @@ def radam_norm(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     eps_root: float = 0.0,
     threshold: float = 5.0,
@@ -782,6 +926,12 @@ def radam_norm(
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -803,7 +953,8 @@ def radam_norm(
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
   return _adanorm_alias(
-      "radam", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      "radam", learning_rate, weight_decay, weight_decay_mask,
+      gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, threshold=threshold, mu_dtype=mu_dtype,
       nesterov=nesterov, blocks=blocks, stacked=stacked, eps_norm=eps_norm,
       axis_name=axis_name,
@@ -821,6 +972,8 @@ def adabelief_norm(
     stacked: StackedSpec = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
     eps_root: float = 1e-16,
     nesterov: bool = False,
@@ -849,6 +1002,12 @@ def adabelief_norm(
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
+    weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
+      is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
+      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+    weight_decay_mask: the leaves that decay: a pytree prefix of the params
+      holding bools, or a callable ``params -> such a tree`` (as
+      ``optax.adamw``'s ``mask``); ``None``: all.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -870,7 +1029,8 @@ def adabelief_norm(
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
   return _adanorm_alias(
-      "adabelief", learning_rate, gamma=gamma, b1=b1, b2=b2, eps=eps,
+      "adabelief", learning_rate, weight_decay, weight_decay_mask,
+      gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov,
       residual_uses_corrected=residual_uses_corrected, blocks=blocks,
       stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,

@@ -54,6 +54,7 @@ from normopt._numerics import acc_dtype
 from normopt._numerics import adam_direction
 from normopt._numerics import bias_corrections
 from normopt._numerics import canonical_dtype
+from normopt._numerics import decayed_weights
 from normopt._numerics import first_moment
 from normopt._numerics import inv_norm
 from normopt._numerics import safe_sqrt
@@ -496,6 +497,8 @@ def nd_adam_transform(
     *,
     stacked: StackedSpec = None,
     axis_name: str | None = None,
+    weight_decay: Any = 0.0,
+    weight_decay_mask: Any = None,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ND-Adam's whole step, fused: the engine of :func:`normopt.nd_adam`.
@@ -529,6 +532,11 @@ def nd_adam_transform(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    weight_decay: decoupled weight decay ``λ`` (float or schedule) of the
+      leaves that are not vectors (``−learning_rate_scalar·(d + λw)``, by
+      ``optax.add_decayed_weights``); vectors never decay.
+    weight_decay_mask: which of those leaves decay (``optax.adamw``'s
+      ``mask``: a pytree prefix of bools or a callable); ``None``: all.
     mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:
@@ -571,22 +579,35 @@ def nd_adam_transform(
     lr_v = jnp.asarray(lr_v, jnp.float32)
     lr_s = jnp.asarray(lr_s, jnp.float32)
     beta1, beta2, bc1, bc2 = bias_corrections(b1, b2, count)
-    new_u, new_mu, new_nu = [], [], []
+    # Per leaf: the vector step's update, or Adam's direction (lr applied below).
+    out, new_mu, new_nu = [], [], []
     for g, w, m, v, a in zip(g_leaves, w_leaves, mu_leaves, nu_leaves, axes, strict=True):
       if a is None:  # Adam
         acc = acc_dtype(g)
         g32 = g.astype(acc)
         m_new = first_moment(g32, m.astype(acc), beta1)
         v_new = second_moment(g32, v.astype(acc), beta2)
-        u = -lr_s * adam_direction(m_new, v_new, bc1, bc2, eps)
+        d = adam_direction(m_new, v_new, bc1, bc2, eps)
       else:
-        u, m_new, v_new = _vector_step(
+        d, m_new, v_new = _vector_step(
             w, g, m, v, a, lr_v, beta1, beta2, eps, bc1, bc2, axis_name
         )
-      new_u.append(u.astype(jnp.result_type(g)))
+      out.append(d)
       new_mu.append(m_new.astype(jnp.result_type(m)))
       new_nu.append(v_new.astype(jnp.result_type(v)))
     unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
+    # A schedule is read here (NDAdamState has no room for optax's count).
+    rate = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    decay = decayed_weights(rate, weight_decay_mask)
+    if decay is not None:  # d + λw on the leaves that are not vectors
+      decay = optax.masked(decay, unflat([a is None for a in axes]))
+      out = treedef.flatten_up_to(
+          decay.update(unflat(out), decay.init(params), params)[0]
+      )
+    new_u = [
+        (d if a is not None else -lr_s * d).astype(jnp.result_type(g))
+        for d, g, a in zip(out, g_leaves, axes, strict=True)
+    ]
     return unflat(new_u), NDAdamState(count=count, mu=unflat(new_mu), nu=unflat(new_nu))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

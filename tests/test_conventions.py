@@ -97,11 +97,16 @@ def test_every_alias_takes_stacked_and_keyword_only_extras(name):
 
 
 def test_keyword_only_order_is_shared_by_aliases():
-  order = ("gamma", "blocks", "stacked", "eps_norm", "axis_name", "mu_dtype")
+  order = ("gamma", "blocks", "stacked", "eps_norm", "axis_name", "weight_decay",
+           "weight_decay_mask", "mu_dtype")
   for name in ALIASES:
-    kw = [k for k, p in inspect.signature(getattr(normopt, name)).parameters.items()
+    sig = inspect.signature(getattr(normopt, name)).parameters
+    kw = [k for k, p in sig.items()
           if p.kind is inspect.Parameter.KEYWORD_ONLY and k in order]
     assert kw == [k for k in order if k in kw], (name, kw)
+    # Every alias takes decoupled weight decay, off by default.
+    assert sig["weight_decay"].default == 0.0, name
+    assert sig["weight_decay_mask"].default is None, name
 
 
 def test_adam_family_aliases_take_mu_dtype():
@@ -111,3 +116,19 @@ def test_adam_family_aliases_take_mu_dtype():
     p = normopt.normalize_vectors({"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
     mus = [x for x in jax.tree.leaves(tx.init(p)) if x.dtype == jnp.bfloat16]
     assert len(mus) == 2, name  # the first moment of both leaves
+
+
+@pytest.mark.parametrize("name", ["sgd_ng", "adam_ng", "sngd"])
+def test_normalizing_aliases_forward_the_block_norm(name):
+  sig = inspect.signature(getattr(normopt, name)).parameters
+  assert list(sig)[-3:] == ["norm", "ns_steps", "ns_coeffs"], name
+  g = _tree(np.random.default_rng(1))
+  blocks = "global" if name == "sngd" else "layer"
+  for norm in ("sign", "rms"):
+    tx = getattr(normopt, name)(0.1, norm=norm)
+    u, _ = tx.update(g, tx.init(g))
+    d, _ = normopt.block_normalize(blocks, norm=norm).update(g, optax.EmptyState())
+    base = {"sgd_ng": optax.sgd(0.1, momentum=0.9), "adam_ng": optax.adam(0.1),
+            "sngd": optax.sgd(0.1)}[name]
+    u_want, _ = base.update(d, base.init(g))
+    chex.assert_trees_all_close(u, u_want, rtol=1e-6)
