@@ -18,6 +18,8 @@ claims, tables, plots); this module holds, once:
   (:data:`VERDICT_RULE`) of every paper claim;
 * :func:`machine_info`, :func:`write_results`: where and how a run ran, and
   its JSON + markdown (+ figures);
+* :func:`save_figure`: every figure saved with its titles and labels inside
+  it (:func:`fit_figure`, checked by :func:`text_outside`);
 * :func:`make_parser`, :func:`output_dir`: the CLI, with ONE ``--quick``
   policy: a quick (or otherwise partial) run never writes into
   ``benchmarks/results/``; it writes to ``--out`` or, without it, to a fresh
@@ -503,8 +505,8 @@ def write_results(out_dir, name: str, payload: dict, markdown: str,
 
   The markdown gets a footer with ``data`` and ``machine`` from the payload
   (its ``config`` first). ``figures`` maps a file name to ``draw(payload)``,
-  which returns a matplotlib figure; it is laid out, saved at 110 dpi and
-  closed here.
+  which returns a matplotlib figure; :func:`save_figure` lays it out so that
+  its text fits, saves it at :data:`FIGURE_DPI` and closes it.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -514,14 +516,96 @@ def write_results(out_dir, name: str, payload: dict, markdown: str,
   for filename, draw in (figures or {}).items():
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = draw(payload)
-    fig.tight_layout()
-    fig.savefig(out / filename, dpi=110)
-    plt.close(fig)
+    save_figure(draw(payload), out / filename)
     paths.append(out / filename)
   print(f"wrote {', '.join(p.name for p in paths)} to {out}")
   return paths
+
+
+# ---------------------------------------------------------------------------
+# Figures
+
+FIGURE_DPI = 110
+
+
+def figure_texts(fig) -> list:
+  """The figure's titles and axis labels (suptitle, supxlabel/supylabel, every
+  axes' three titles and two labels): visible and non-empty ones."""
+  texts = [getattr(fig, f"_{k}", None) for k in ("suptitle", "supxlabel", "supylabel")]
+  for ax in fig.axes:
+    texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+  return [t for t in texts if t is not None and t.get_visible() and t.get_text()]
+
+
+def _outside(fig, tol: float = 0.5) -> list:
+  renderer = fig.canvas.get_renderer()
+  box = fig.bbox
+  outside = []
+  for t in figure_texts(fig):
+    e = t.get_window_extent(renderer)
+    if (e.x0 < box.x0 - tol or e.y0 < box.y0 - tol or e.x1 > box.x1 + tol
+        or e.y1 > box.y1 + tol):
+      outside.append(t)
+  return outside
+
+
+def text_outside(fig, tol: float = 0.5) -> list[str]:
+  """The texts of :func:`figure_texts` whose drawn extent (renderer
+  ``fig.canvas.get_renderer()``) leaves ``fig.bbox`` by more than ``tol``
+  pixels; empty when every title and label fits."""
+  return [t.get_text() for t in _outside(fig, tol)]
+
+
+def _wrap_to_fit(fig, text) -> None:
+  """Re-wraps ``text`` at word boundaries so that its long side fits the room
+  it has: the figure's width for figure-level texts, else its axes' side."""
+  import textwrap
+
+  renderer = fig.canvas.get_renderer()
+  e = text.get_window_extent(renderer)
+  vertical = e.height > e.width
+  ax = getattr(text, "axes", None)
+  room = fig.bbox if ax is None else ax.bbox
+  room = min(room.height if vertical else room.width,
+             fig.bbox.height if vertical else fig.bbox.width)
+  size = e.height if vertical else e.width
+  lines = text.get_text().split("\n")
+  width = max(len(line) for line in lines)
+  chars = max(8, int(width * 0.95 * room / max(size, 1.0)))
+  if chars < width:
+    text.set_text("\n".join(textwrap.fill(line, chars) for line in lines))
+  else:  # already as narrow as wrapping makes it: shrink the font
+    text.set_fontsize(text.get_fontsize() * 0.9)
+
+
+def fit_figure(fig, tries: int = 6) -> None:
+  """Lays ``fig`` out (``tight_layout``) so that every title and axis label
+  lies inside it: a text that still leaves the figure is wrapped at word
+  boundaries (or, if it cannot be, shrunk) and the layout redone. Raises
+  ``ValueError`` naming the texts that still do not fit."""
+  import warnings
+
+  for _ in range(tries + 1):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)  # "not compatible with tight_layout"
+      fig.tight_layout()
+    bad = _outside(fig)
+    if not bad:
+      return
+    for t in bad:
+      _wrap_to_fit(fig, t)
+  raise ValueError(f"figure text does not fit: {text_outside(fig)}")
+
+
+def save_figure(fig, path, dpi: int = FIGURE_DPI) -> pathlib.Path:
+  """The one way a benchmark saves a figure: :func:`fit_figure`, save at
+  ``dpi``, close. Returns the path."""
+  import matplotlib.pyplot as plt
+
+  fit_figure(fig)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return pathlib.Path(path)
 
 
 # ---------------------------------------------------------------------------

@@ -657,9 +657,7 @@ def plot(data, path):
   axes[0].legend(fontsize=8)
   axes[1].set_xticks(x, opts, rotation=35, ha="right")
   axes[0].set_title("normopt step overhead vs optax (dashed: 1.5x)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _common.save_figure(fig, path)
 
 
 def main(argv=None):
