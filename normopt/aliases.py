@@ -86,7 +86,8 @@ def sgd_ng(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -159,7 +160,8 @@ def adam_ng(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -231,7 +233,8 @@ def adagrad_ng(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -305,7 +308,8 @@ def sgd_ngadap(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -380,7 +384,8 @@ def adam_ngadap(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -444,7 +449,8 @@ def adagrad_bng(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -500,7 +506,8 @@ def sngd(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -552,7 +559,8 @@ def s_sngd(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -731,7 +739,8 @@ def adam_norm(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -788,7 +797,8 @@ def diffgrad(
     mu_dtype: optional dtype of the first moment.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -858,7 +868,8 @@ def diffgrad_norm(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -928,7 +939,8 @@ def radam_norm(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.
@@ -1004,7 +1016,8 @@ def adabelief_norm(
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
-      no moment or norm sees it. Nonzero: ``update`` needs ``params``.
+      no moment or norm sees it. Nonzero: ``update`` needs ``params`` (a
+      rate traced by ``optax.inject_hyperparams`` is skipped without them).
     weight_decay_mask: the leaves that decay: a pytree prefix of the params
       holding bools, or a callable ``params -> such a tree`` (as
       ``optax.adamw``'s ``mask``); ``None``: all.

@@ -283,3 +283,17 @@ def test_weight_decay_under_inject_hyperparams(name):
   u, _ = jax.jit(injected.update)(grads[0], state, params)
   u_old, _ = make(**lr_kw).update(grads[0], make(**lr_kw).init(params), params)
   chex.assert_trees_all_close(u, u_old, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam_ng", "adam_norm", "diffgrad"])
+def test_injected_default_rate_needs_no_params(name):
+  # inject_hyperparams binds the default weight_decay=0.0 as a traced array:
+  # an update without params still works and is the alias without decay.
+  params = _params(name)
+  g = trees.flax_tree(np.random.default_rng(6))
+  injected = optax.inject_hyperparams(getattr(normopt, name))(learning_rate=0.05)
+  assert isinstance(injected.init(params).hyperparams["weight_decay"], jax.Array)
+  u, _ = jax.jit(injected.update)(g, injected.init(params))
+  direct = getattr(normopt, name)(0.05)
+  u_old, _ = direct.update(g, direct.init(params))
+  chex.assert_trees_all_close(u, u_old, rtol=1e-5, atol=1e-7)
