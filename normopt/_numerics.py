@@ -56,16 +56,27 @@ def zeros_typed(aval: Any, like: Any = ()) -> jax.Array:
 
 def decayed_weights(
     weight_decay: Any, mask: Any
-) -> optax.GradientTransformation | None:
+) -> optax.GradientTransformationExtraArgs | None:
   """``optax.add_decayed_weights(weight_decay, mask)``; None for a literal 0.
 
   A Python-number 0 adds nothing, so an alias without decay keeps its state
-  and needs no ``params``; any other rate (traced by ``inject_hyperparams``,
-  or a schedule) gets optax's transformation.
+  and needs no ``params``. A traced rate (``optax.inject_hyperparams`` binds
+  the default 0 as an array too) cannot be told from 0 while tracing: an
+  ``update`` without ``params`` skips it, as before the option existed. A
+  nonzero number or a schedule needs ``params`` (optax's error otherwise).
   """
   if isinstance(weight_decay, (int, float)) and weight_decay == 0:
     return None
-  return optax.add_decayed_weights(weight_decay, mask)
+  decay = optax.with_extra_args_support(optax.add_decayed_weights(weight_decay, mask))
+  if isinstance(weight_decay, (int, float)) or callable(weight_decay):
+    return decay
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      return updates, state
+    return decay.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(decay.init, update_fn)
 
 
 def where_pos(x: jax.Array, fn: Any) -> jax.Array:
@@ -110,13 +121,17 @@ def second_moment(x: jax.Array, v: jax.Array, decay: Any) -> jax.Array:
 
 
 def adam_direction(
-    m: jax.Array, v: jax.Array, bc1: jax.Array, bc2: jax.Array,
+    m: jax.Array, v: jax.Array, bc1: jax.Array | None, bc2: jax.Array,
     eps: Any, eps_root: Any = 0.0,
 ) -> jax.Array:
   """``m̂ / (√(v̂ + eps_root) + eps)`` with ``m̂ = m/bc1``, ``v̂ = v/bc2``.
 
-  The corrections are cast to each moment's dtype, as optax does.
+  The corrections are cast to each moment's dtype, as optax does;
+  ``bc1=None``: ``m`` is bias-corrected already. A literal 0 ``eps_root``
+  adds nothing to the program (a traced one is added).
   """
-  m_hat = m / bc1.astype(m.dtype)
+  m_hat = m if bc1 is None else m / bc1.astype(m.dtype)
   v_hat = v / bc2.astype(v.dtype)
-  return m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+  if not (isinstance(eps_root, (int, float)) and eps_root == 0):
+    v_hat = v_hat + eps_root
+  return m_hat / (jnp.sqrt(v_hat) + eps)
