@@ -365,6 +365,9 @@ def _file_sha(path):
 
 def run(cfg, methods, quiet=False):
   t_wall, t_cpu, started = time.perf_counter(), time.process_time(), time.time()
+  # The sources that decide the numbers, as they are when the run starts.
+  sources = {f: sha for f in ("muon_recipe.py", "scion_lmo.py", "norms.py",
+                              "normalization.py") if (sha := _file_sha(f))}
   splits, vocab = load_splits()
   model, _ = scanned_lm.make_models(cfg, len(vocab))
   shape = jax.eval_shape(lambda: scanned_lm.init_params(model, 0, cfg))
@@ -424,8 +427,7 @@ def run(cfg, methods, quiet=False):
       "elapsed_s": time.perf_counter() - t_wall,
       "cpu_s": time.process_time() - t_cpu,
       "started": started, "ended": time.time(),
-      "sources": {f: _file_sha(f) for f in ("muon.py", "muon_recipe.py", "scion.py", "norms.py",
-                                          "normalization.py") if _file_sha(f)},
+      "sources": sources,
   }
 
 
@@ -500,8 +502,9 @@ def markdown(payload):
                      for lr, v in zip(rec["grid"], rec["mean_val_loss"],
                                       strict=True))
     lines.append(f"- {name}: {vals}")
-  lines += ["", "| claim | held-out A − B [95% CI] | train A − B [95% CI] |"
-            " max per-seed \\|A − B\\| | verdict |", "|---|---:|---:|---:|---|"]
+  if payload["claims"]:
+    lines += ["", "| claim | held-out A − B [95% CI] | train A − B [95% CI] |"
+              " max per-seed \\|A − B\\| | verdict |", "|---|---:|---:|---:|---|"]
   for c in payload["claims"]:
     train = _common.format_ci(dict(diff=c["train_diff"], ci=c["train_ci"]),
                               digits=4)
