@@ -35,6 +35,7 @@ PAPERS = (
     ("SNGD and stagewise S-SNGD (Zhao et al. 2021)", ("s_sngd",)),
     ("AdaNorm (Dubey et al. 2023)", ("adanorm_cnn",)),
     ("ND-Adam and regularized softmax (Zhang et al. 2018)", ("ndadam",)),
+    ("Norms: Muon, Scion (Jordan et al. 2024; Pethick et al. 2025)", ("norms_lm",)),
 )
 BENCHMARKS = tuple(b for _, names in PAPERS for b in names)
 VERDICTS = ("holds", "within noise", "reversed")
