@@ -96,7 +96,7 @@ def test_quickstart(tmp_path):
 
 # The committed results files the paper-claims notebook draws, one section each.
 CLAIM_RESULTS = ("bng_mlp_digits", "bng_cnn", "bng_lstm", "s_sngd",
-                 "adanorm_cnn", "ndadam", "step_overhead")
+                 "adanorm_cnn", "ndadam", "norms_lm", "step_overhead")
 
 
 def test_paper_claims(tmp_path):
