@@ -1,12 +1,48 @@
-"""Shared fixtures: ``load_bench`` imports a script of ``benchmarks/`` as a module."""
+"""Shared fixtures: ``load_bench`` imports a script of ``benchmarks/`` as a module.
+
+The suite runs on ``pytest-xdist`` workers (``-n``/``--dist loadfile`` in
+pyproject.toml): every test file runs whole on one worker, so its
+module-scoped fixtures (a quick benchmark run, a check subprocess) run once.
+The slowest files are scheduled first (:data:`SLOW_FIRST`) so that no long
+file starts last and runs alone.
+
+XLA:CPU compiles cheaply here (``subproc.FAST_XLA``, as in the check
+subprocesses): the test programs are tiny and their compile time dominates.
+XLA reads ``XLA_FLAGS`` when its backend starts, after this module is loaded;
+subprocesses (check scripts, notebooks, the floors run) inherit the flags.
+"""
 
 import importlib.util
+import os
 import pathlib
 import sys
 
 import pytest
 
+from subproc import FAST_XLA
+
+if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+#: Test files, slowest first (``--durations`` on the 2-core machine): run
+#: before the rest so that the other worker fills in around them.
+SLOW_FIRST = (
+    "test_stacked.py",
+    "test_floors.py",
+    "test_bench_bng.py",
+    "test_distributed.py",
+    "test_bench_step_overhead.py",
+    "test_bench_scanned_lm.py",
+    "test_bench_demo.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  """Items of the :data:`SLOW_FIRST` files first (stable otherwise)."""
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _load_bench(name):

@@ -25,15 +25,15 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-import pytest
 
 import uv_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
-# Test-extra tools the subset imports; installed at their declared floors too.
-TOOLS = ("pytest", "chex", "flax")
+# Test-extra tools the subset uses (pytest-xdist: the `-n` of pyproject's addopts);
+# installed at their declared floors too.
+TOOLS = ("pytest", "pytest-xdist", "chex", "flax")
 # The subset: every registry method through the conformance suite, every doctest
 # (each alias trains something small), the NumPy references that need float64
 # (jax.enable_x64) and the ND-Adam state-size tests (optax.tree.size).
