@@ -1,0 +1,542 @@
+"""Spectral at scale: the spectral step, grouped and per leaf, against optax's Muon.
+
+The "spectral step" is the work of ``optax.contrib.scale_by_muon()``
+(momentum, then Newton-Schulz on every matrix), written with normopt::
+
+  optax.chain(normopt.scale_by_muon_momentum(0.95),
+              normopt.block_normalize(blocks="leaf", norm="spectral",
+                                      eps=1e-8, stacked=stacked))
+
+Three variants on the same matrices: ``grouped`` (normopt's default: the
+matrices of equal shape orthogonalized in one batched Newton-Schulz),
+``per_leaf`` (``grouped=False``: each leaf on its own, as optax does) and
+``optax`` (``optax.contrib.scale_by_muon`` with ``weight_dimension_numbers``
+per leaf; ``MuonDimensionNumbers(1, 2)`` for a stacked ``(L, in, out)``
+leaf). Measured with ``benchmarks/step_overhead.py``'s machinery (its
+``Variant``: a fresh ``jit(step).lower(...).compile()`` per compile, the
+jitted update + apply_updates with buffers donated, timed with
+``block_until_ready``):
+
+* compile time: fresh compiles, the three variants interleaved (the order
+  rotates every repetition); ratios per repetition, median and quartiles;
+* step time: warm-up, then repetitions in rotating order; the ratio of each
+  repetition is taken within it, reported as median [q25, q75];
+* trees: ``kernels150`` (150 separate 128x128 kernels, issue 20's tree),
+  the same as one stacked ``(150, 128, 128)`` leaf, and a GPT-2-small-shaped
+  tree scaled down for CPU (4 layers of d=256: 4 x d x d, d x 4d, 4d x d)
+  separate and stacked;
+* sharded (a subprocess with 4 virtual CPU devices): 16 FSDP-sharded
+  256x256 matrices (rows split, ``P("x", None)``): collectives in each
+  compiled step's HLO, per-device FLOPs (``cost_analysis``) against the
+  single-device total, and the deviation of the sharded results from the
+  unsharded one; optax's Muon on an Explicit mesh, with its error.
+
+Usage (from the repository root)::
+
+  python benchmarks/spectral_scale.py            # full: ~10 min on 2 busy cores
+  python benchmarks/spectral_scale.py --quick    # seconds, into a temp folder
+
+The full run writes ``benchmarks/results/spectral_scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+import datetime
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax import contrib
+
+import _common
+import normopt
+import step_overhead
+
+NAME = "spectral_scale"
+VARIANTS = ("grouped", "per_leaf", "optax")
+# The collectives XLA emits (an async pair counts once: its -start).
+COLLECTIVE_RE = re.compile(
+    r"\s(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
+    r"(-start)?\(")
+SHARDED_DEVICES = 4
+
+# (issue, tree, layout, metric, limit): ``metric`` is a key of a result row.
+TARGETS = [
+    (20, "kernels150", "separate", "compile_ratio", 0.30),
+    (20, "kernels150", "separate", "step_ratio", 1.0),
+] + [
+    (18, tree, layout, metric, limit)
+    for tree in ("kernels150", "gpt_small_cpu")
+    for layout in ("separate", "stacked")
+    for metric, limit in (("step_ratio", 1.10), ("compile_ratio", 1.15))
+]
+# The sharded cases held to the targets (an Auto mesh outside set_mesh gives
+# no mesh to split by: reported, not a target).
+TARGET_CASES = ("ours_auto_set_mesh", "ours_explicit_set_mesh", "ours_explicit_no_set_mesh")
+SHARDED_TARGETS = [
+    ("collectives", 24),  # each of ours, per compiled step
+    ("flops_ratio", 0.30),  # per-device / single-device total
+    ("explicit_max_dev", 1e-5),  # Explicit mesh vs unsharded
+]
+
+
+# ----------------------------------------------------------------------------
+# Trees: shapes per layout, host NumPy float32.
+# ----------------------------------------------------------------------------
+
+
+def kernels_shapes(n: int, d: int) -> dict[str, tuple[dict, int | None]]:
+  """``n`` separate ``d x d`` kernels, and the same as one stacked leaf."""
+  return {
+      "separate": ({f"layer{i:03d}": {"kernel": (d, d)} for i in range(n)}, None),
+      "stacked": ({"layers": {"kernel": (n, d, d)}}, 1),
+  }
+
+
+def gpt_shapes(layers: int, d: int) -> dict[str, tuple[dict, int | None]]:
+  """A GPT-2-shaped stack of matrices: q, k, v, o (d x d), fc1, fc2."""
+  mats = {"query": (d, d), "key": (d, d), "value": (d, d), "out": (d, d),
+          "fc1": (d, 4 * d), "fc2": (4 * d, d)}
+  return {
+      "separate": ({f"layer{i}": dict(mats) for i in range(layers)}, None),
+      "stacked": ({"layers": {k: (layers, *s) for k, s in mats.items()}}, 1),
+  }
+
+
+def tree_specs(quick: bool) -> dict[str, dict[str, tuple[dict, int | None]]]:
+  if quick:
+    return {"kernels150": kernels_shapes(4, 8), "gpt_small_cpu": gpt_shapes(1, 8)}
+  return {"kernels150": kernels_shapes(150, 128), "gpt_small_cpu": gpt_shapes(4, 256)}
+
+
+def spectral_step(stacked, grouped: bool) -> Callable[[], optax.GradientTransformation]:
+  return lambda: optax.chain(
+      normopt.scale_by_muon_momentum(0.95),
+      normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8,
+                              stacked=stacked, grouped=grouped))
+
+
+def optax_muon(stacked) -> Callable[[], optax.GradientTransformation]:
+  dims = contrib.MuonDimensionNumbers(1, 2) if stacked else contrib.MuonDimensionNumbers(0, 1)
+  return lambda: contrib.scale_by_muon(
+      weight_dimension_numbers=lambda u: jax.tree.map(lambda _: dims, u))
+
+
+def makers(stacked) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  return {"grouped": spectral_step(stacked, True),
+          "per_leaf": spectral_step(stacked, False),
+          "optax": optax_muon(stacked)}
+
+
+# ----------------------------------------------------------------------------
+# Measurement (step_overhead's Variant; three variants interleaved).
+# ----------------------------------------------------------------------------
+
+
+def quartiles(xs) -> dict[str, float]:
+  q25, q50, q75 = np.quantile(np.asarray(xs, dtype=np.float64), [0.25, 0.5, 0.75])
+  return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
+
+
+def ratios_of(times: dict[str, list[float]]) -> dict[str, list[float]]:
+  """Per-repetition ratios, each within one repetition."""
+  return {
+      "grouped/optax": [a / b for a, b in zip(times["grouped"], times["optax"], strict=True)],
+      "per_leaf/optax": [a / b for a, b in zip(times["per_leaf"], times["optax"], strict=True)],
+      "grouped/per_leaf": [a / b for a, b in zip(times["grouped"], times["per_leaf"],
+                                                 strict=True)],
+  }
+
+
+def _order(r: int) -> tuple[str, ...]:
+  """Rotates the variants' order every repetition (and reverses every other)."""
+  k = r % len(VARIANTS)
+  order = VARIANTS[k:] + VARIANTS[:k]
+  return order if (r // len(VARIANTS)) % 2 == 0 else order[::-1]
+
+
+def measure_tree(shapes, stacked, seed, reps, compile_reps, min_time, log):
+  params_host = step_overhead.materialize(shapes, seed=seed, scale=0.05)
+  grads = jax.tree.map(jnp.asarray, step_overhead.materialize(shapes, seed=100 + seed,
+                                                              scale=1e-2))
+  vs = {n: step_overhead.Variant(m, params_host, grads, sphere=False)
+        for n, m in makers(stacked).items()}
+  compile_s: dict[str, list[float]] = {n: [] for n in VARIANTS}
+  for r in range(compile_reps):
+    for n in _order(r):
+      compile_s[n].append(vs[n].compile_once())
+      log(f"compile {n}: {compile_s[n][-1]:.2f} s")
+  warm = {n: [v.run(1) for _ in range(3)] for n, v in vs.items()}  # every variant alike
+  t1 = min(warm["optax"][1:])
+  inner = max(1, int(np.ceil(min_time / t1)))
+  step_s: dict[str, list[float]] = {n: [] for n in VARIANTS}
+  for r in range(reps):
+    for n in _order(r):
+      step_s[n].append(vs[n].run(inner))
+  # Every variant ran the same steps from the same params on the same
+  # gradients: their params agree up to roundoff (relative to the largest).
+  ref = jax.tree.leaves(vs["optax"].params)
+  scale = max(float(jnp.max(jnp.abs(b))) for b in ref)
+  dev = {n: max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(vs[n].params), ref, strict=True)) / scale
+         for n in ("grouped", "per_leaf")}
+  for v in vs.values():
+    v.release()
+  leaves = jax.tree.leaves(params_host)
+  out = {
+      "n_leaves": len(leaves),
+      "n_matrices": int(sum(x.shape[0] if stacked else 1 for x in leaves)),
+      "n_params": int(sum(x.size for x in leaves)),
+      "shapes": sorted({str(x.shape) for x in leaves}),
+      "stacked": stacked,
+      "compile_s": compile_s,
+      "step_s": step_s,
+      "steps_per_measurement": inner,
+      "max_rel_dev_vs_optax_params": dev,
+      "steps_run": 3 + reps * inner,
+  }
+  out.update(summarize(out))
+  return out
+
+
+def summarize(row: dict) -> dict:
+  """Medians and ratios, computed from the recorded times."""
+  out: dict[str, Any] = {}
+  for kind in ("compile", "step"):
+    times = row[f"{kind}_s"]
+    out[f"{kind}_median_s"] = {n: statistics.median(times[n]) for n in VARIANTS}
+    rs = ratios_of(times)
+    out[f"{kind}_ratios"] = rs
+    out[f"{kind}_ratio_stats"] = {k: quartiles(v) for k, v in rs.items()}
+  # The targets' numbers: grouped (normopt's default) over optax.
+  out["compile_ratio"] = out["compile_ratio_stats"]["grouped/optax"]["median"]
+  out["step_ratio"] = out["step_ratio_stats"]["grouped/optax"]["median"]
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Sharded: a subprocess with 4 virtual CPU devices.
+# ----------------------------------------------------------------------------
+
+
+def count_collectives(hlo: str) -> dict[str, int]:
+  counts: dict[str, int] = {}
+  for m in COLLECTIVE_RE.finditer(hlo):
+    counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+  return counts
+
+
+def count_collectives_substring(hlo: str) -> int:
+  """Every occurrence of a collective's name in the text (names, uses, ops):
+  a looser count than :func:`count_collectives`, for comparing with counts
+  taken that way."""
+  ops = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+  return sum(hlo.count(op) for op in ops)
+
+
+def _compile(tx, params, state, grads, mesh=None):
+  """The compiled step (update + apply_updates, buffers donated)."""
+  fn = step_overhead.make_step(tx)
+  if mesh is None:
+    return fn.lower(params, state, grads).compile()
+  with jax.set_mesh(mesh):
+    return fn.lower(params, state, grads).compile()
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  return float(ca["flops"])
+
+
+def sharded_part(quick: bool) -> dict:
+  """Runs in a process with ``SHARDED_DEVICES`` CPU devices."""
+  from jax.sharding import AxisType
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  n, d = (8, 8) if quick else (16, 256)
+  assert jax.device_count() >= SHARDED_DEVICES, jax.devices()
+  rng = np.random.default_rng(0)
+  host_p = {f"w{i:02d}": rng.standard_normal((d, d), dtype=np.float32) for i in range(n)}
+  host_g = {k: 1e-2 * rng.standard_normal((d, d), dtype=np.float32) for k in host_p}
+  meshes = {t: jax.make_mesh((SHARDED_DEVICES,), ("x",), axis_types=(t,))
+            for t in (AxisType.Auto, AxisType.Explicit)}
+
+  def put(host, mesh):
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("x", None))), host)
+
+  ours = spectral_step(None, True)
+  cases = {
+      # name: (maker, mesh the arrays live on, mesh set with jax.set_mesh)
+      "optax_auto": (optax_muon(None), AxisType.Auto, True),
+      "ours_auto_set_mesh": (ours, AxisType.Auto, True),
+      "ours_explicit_set_mesh": (ours, AxisType.Explicit, True),
+      "ours_explicit_no_set_mesh": (ours, AxisType.Explicit, False),
+      # Not a target: without set_mesh an Auto mesh gives no context to split by.
+      "ours_auto_no_set_mesh": (ours, AxisType.Auto, False),
+      "optax_explicit_set_mesh": (optax_muon(None), AxisType.Explicit, True),
+  }
+  tx = ours()
+  params = jax.tree.map(jnp.asarray, host_p)
+  grads = jax.tree.map(jnp.asarray, host_g)
+  state = tx.init(params)
+  ref_compiled = _compile(tx, params, state, grads)
+  ref = jax.tree.map(np.asarray, ref_compiled(params, state, grads)[0])
+  out: dict[str, Any] = {
+      "n_matrices": n, "shape": [d, d], "devices": SHARDED_DEVICES,
+      "partition": 'P("x", None) (rows split)',
+      "compiled": "jit(update + apply_updates), params and state donated",
+      "single_device_flops": _flops(ref_compiled),
+      "single_device_collectives": sum(count_collectives(ref_compiled.as_text()).values()),
+      "cases": {},
+  }
+  for name, (make, axis_type, set_mesh) in cases.items():
+    mesh = meshes[axis_type]
+    params, grads = put(host_p, mesh), put(host_g, mesh)
+    tx = make()
+    row: dict[str, Any] = {"mesh": axis_type.name, "set_mesh": set_mesh}
+    try:
+      state = tx.init(params)
+      t0 = time.perf_counter()
+      compiled = _compile(tx, params, state, grads, mesh if set_mesh else None)
+      row["compile_s"] = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 -- optax on Explicit: recorded, not raised
+      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"
+      out["cases"][name] = row
+      continue
+    hlo = compiled.as_text()
+    by_op = count_collectives(hlo)
+    row["collectives"] = sum(by_op.values())
+    row["collectives_by_op"] = by_op
+    row["collective_name_occurrences"] = count_collectives_substring(hlo)
+    row["flops_per_device"] = _flops(compiled)
+    row["flops_ratio"] = row["flops_per_device"] / out["single_device_flops"]
+    specs = {k: str(params[k].sharding.spec) for k in host_p}
+    new_params = compiled(params, state, grads)[0]
+    row["max_abs_dev_vs_unsharded"] = max(
+        float(np.max(np.abs(np.asarray(new_params[k]) - ref[k]))) for k in host_p)
+    row["out_spec_matches_input"] = all(
+        str(new_params[k].sharding.spec) == specs[k] for k in host_p)
+    out["cases"][name] = row
+  return out
+
+
+def run_sharded_subprocess(quick: bool, timeout: int = 900) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                      f"{SHARDED_DEVICES}").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  args = [sys.executable, os.path.abspath(__file__), "--sharded-part"]
+  if quick:
+    args.append("--quick")
+  proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+  if proc.returncode != 0:
+    raise RuntimeError(f"sharded part failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------
+# Run, targets, report.
+# ----------------------------------------------------------------------------
+
+
+def _load():
+  try:
+    return [round(float(x), 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def run(quick: bool, log=print) -> dict:
+  t_start = time.perf_counter()
+  reps, compile_reps, min_time = (3, 1, 0.0) if quick else (9, 3, 0.3)
+  meta = {
+      "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "quick": quick, "jax": jax.__version__, "optax": optax.__version__,
+      "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+      "machine": _common.machine_info(), "reps": reps, "compile_reps": compile_reps,
+      "loadavg_start": _load(),
+  }
+  results = []
+  for t_i, (tname, layouts) in enumerate(tree_specs(quick).items()):
+    for layout, (shapes, stacked) in layouts.items():
+      log(f"{tname}/{layout} (load {_load()})")
+      row = measure_tree(shapes, stacked, t_i, reps, compile_reps, min_time, log)
+      row.update(tree=tname, layout=layout, loadavg=_load())
+      results.append(row)
+      gc.collect()
+  log(f"sharded (subprocess, load {_load()})")
+  sharded = run_sharded_subprocess(quick)
+  sharded["loadavg"] = _load()
+  meta["loadavg_end"] = _load()
+  meta["elapsed_s"] = time.perf_counter() - t_start
+  data = {"meta": meta, "machine": meta["machine"], "results": results,
+          "sharded": sharded}
+  data["targets"] = evaluate_targets(data)
+  return data
+
+
+def evaluate_targets(data) -> list[dict]:
+  rows = []
+  by = {(r["tree"], r["layout"]): r for r in data["results"]}
+  for issue, tree, layout, metric, limit in TARGETS:
+    r = by.get((tree, layout))
+    if r is None:
+      continue
+    kind = metric.split("_")[0]
+    rows.append({
+        "issue": issue, "what": f"{tree}/{layout}", "metric": metric,
+        "ours": r[f"{kind}_median_s"]["grouped"], "optax": r[f"{kind}_median_s"]["optax"],
+        "value": r[metric], "limit": limit, "met": r[metric] <= limit})
+  cases = data["sharded"]["cases"]
+  for name, row in cases.items():
+    if name not in TARGET_CASES:
+      continue
+    for metric, limit in SHARDED_TARGETS:
+      key = "max_abs_dev_vs_unsharded" if metric == "explicit_max_dev" else metric
+      if metric == "explicit_max_dev" and "explicit" not in name:
+        continue
+      value = row.get(key, float("inf"))
+      rows.append({"issue": 20, "what": f"sharded/{name}", "metric": metric,
+                   "ours": value, "optax": cases.get("optax_auto", {}).get(key),
+                   "value": value, "limit": limit, "met": value <= limit})
+  return rows
+
+
+def _stat(s):
+  return f"{s['median']:.2f}x [{s['q25']:.2f}, {s['q75']:.2f}]"
+
+
+def to_markdown(data) -> str:
+  meta = data["meta"]
+  lines = [
+      "# Spectral at scale: grouped Newton-Schulz against optax's Muon",
+      "",
+      f"Run {meta['date_utc']}{' (quick)' if meta['quick'] else ''}, jax {meta['jax']}, "
+      f"optax {meta['optax']}, {meta['backend']} ({meta['cpu_count']} cores, shared); "
+      f"load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}; "
+      f"run time {meta['elapsed_s'] / 60:.1f} min. The machine was shared and loaded: "
+      "absolute times are noisy, only ratios within one repetition count.",
+      "",
+      "The spectral step: `optax.chain(normopt.scale_by_muon_momentum(0.95), "
+      "normopt.block_normalize(blocks=\"leaf\", norm=\"spectral\", eps=1e-8, "
+      "stacked=...))`, `grouped` (default) and `grouped=False` (`per_leaf`), against "
+      "`optax.contrib.scale_by_muon()` (the same momentum and Newton-Schulz; "
+      "`MuonDimensionNumbers(1, 2)` for stacked leaves). Step: jitted update + "
+      f"apply_updates, buffers donated, {meta['reps']} repetitions in rotating order; "
+      f"compile: {meta['compile_reps']} fresh `jit(step).lower(...).compile()` per "
+      "variant, interleaved. Ratios: median [q25, q75] of per-repetition ratios.",
+      "",
+      "## Step time",
+      "",
+      "| tree | layout | matrices | grouped ms | per_leaf ms | optax ms | grouped/optax "
+      "| per_leaf/optax | grouped/per_leaf | load |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in data["results"]:
+    m, s = r["step_median_s"], r["step_ratio_stats"]
+    lines.append(
+        f"| {r['tree']} | {r['layout']} | {r['n_matrices']} | {1e3 * m['grouped']:.1f} | "
+        f"{1e3 * m['per_leaf']:.1f} | {1e3 * m['optax']:.1f} | {_stat(s['grouped/optax'])} | "
+        f"{_stat(s['per_leaf/optax'])} | {_stat(s['grouped/per_leaf'])} | "
+        f"{r['loadavg'][0]:.1f} |")
+  lines += ["", "## Compile time", "",
+            "| tree | layout | grouped s | per_leaf s | optax s | grouped/optax "
+            "| per_leaf/optax | grouped/per_leaf |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for r in data["results"]:
+    m, s = r["compile_median_s"], r["compile_ratio_stats"]
+    lines.append(
+        f"| {r['tree']} | {r['layout']} | {m['grouped']:.2f} | {m['per_leaf']:.2f} | "
+        f"{m['optax']:.2f} | {_stat(s['grouped/optax'])} | {_stat(s['per_leaf/optax'])} | "
+        f"{_stat(s['grouped/per_leaf'])} |")
+  lines += ["", "Max abs deviation of the params after the timed steps (every variant "
+            "ran the same steps), against optax's, over optax's largest entry: "
+            + "; ".join(f"{r['tree']}/{r['layout']} ({r['steps_run']} steps) grouped "
+                        f"{r['max_rel_dev_vs_optax_params']['grouped']:.1e}, per_leaf "
+                        f"{r['max_rel_dev_vs_optax_params']['per_leaf']:.1e}"
+                        for r in data["results"]) + "."]
+  sh = data["sharded"]
+  lines += [
+      "", "## Sharded (4 virtual CPU devices)", "",
+      f"{sh['n_matrices']} matrices of {sh['shape'][0]}x{sh['shape'][1]}, each "
+      f"{sh['partition']} over {sh['devices']} devices; compiled: {sh['compiled']}. "
+      "Collectives: the all-gather, all-reduce, all-to-all, collective-permute and "
+      "reduce-scatter instructions (an async -start/-done pair counts once) in the "
+      "compiled step's HLO; 'names in text' counts every occurrence of those names in "
+      "the same text (instruction names and their uses too), a looser count. FLOPs: "
+      "`cost_analysis()['flops']` of the compiled step (per device for a sharded "
+      f"program) over the same step compiled on one device "
+      f"({sh['single_device_flops']:.3g} FLOPs); Newton-Schulz is nearly all of it. "
+      "Deviation: max abs of the new params against the unsharded step's.",
+      "",
+      "| case | mesh | set_mesh | collectives | by op | names in text | "
+      "FLOPs/device / single | max abs dev | compile s |",
+      "|---|---|---|---:|---|---:|---:|---:|---:|",
+  ]
+  for name, row in sh["cases"].items():
+    if "error" in row:
+      lines.append(f"| {name} | {row['mesh']} | {row['set_mesh']} | raises | "
+                   f"`{row['error'][:160]}` | | | | |")
+      continue
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(row["collectives_by_op"].items())) or "-"
+    lines.append(
+        f"| {name} | {row['mesh']} | {row['set_mesh']} | {row['collectives']} | {ops} | "
+        f"{row['collective_name_occurrences']} | {row['flops_ratio']:.3f} | "
+        f"{row['max_abs_dev_vs_unsharded']:.1e} | {row['compile_s']:.2f} |")
+  lines += ["", "## Targets (issues 18 and 20)", "",
+            "| issue | what | metric | ours | optax | value | limit | met |",
+            "|---:|---|---|---:|---:|---:|---:|---|"]
+  for t in data["targets"]:
+    fmt = (lambda v: "" if v is None else f"{v:.3g}")
+    lines.append(f"| {t['issue']} | {t['what']} | {t['metric']} | {fmt(t['ours'])} | "
+                 f"{fmt(t['optax'])} | {t['value']:.3g} | {t['limit']:.3g} | "
+                 f"{'yes' if t['met'] else '**no**'} |")
+  lines += [
+      "", "For step and compile rows, ours/optax are median seconds and value is the "
+      "median of per-repetition ratios (so not exactly ours/optax).",
+      "", "## GPU (`--gpu`)", "",
+      "Not measured: no GPU was lent to this run. The 4096x4096 matrices and the "
+      "GPT-2-small tree (12 layers: 768x768 x4, 768x3072, 3072x768) with the achieved "
+      "matmul TFLOP/s are left for a run on a GPU.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  ap = _common.make_parser(__doc__, "tiny trees, few repetitions (seconds)")
+  ap.add_argument("--sharded-part", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--gpu", action="store_true",
+                  help="the GPU table (4096x4096, GPT-2 small): not implemented on CPU")
+  args = ap.parse_args(argv)
+  if args.sharded_part:
+    print(json.dumps(sharded_part(args.quick)))
+    return None
+  if args.gpu and jax.default_backend() != "gpu":
+    ap.error("--gpu needs a GPU backend; none here (see the md's GPU note)")
+  out = _common.output_dir(ap, args, NAME)
+  log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+  data = run(args.quick, log)
+  data["meta"]["complete"] = True
+  md = to_markdown(data)
+  _common.write_results(out, NAME, data, md)
+  if not args.quiet:
+    print(md)
+  return data
+
+
+if __name__ == "__main__":
+  main()
