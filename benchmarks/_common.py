@@ -393,7 +393,7 @@ def tune_lr(evaluate: Callable, grid: Sequence[float],
     if vals.shape != (len(lrs), len(seeds)):
       raise ValueError(f"evaluate returned shape {vals.shape}, expected "
                        f"{(len(lrs), len(seeds))}")
-    for lr, row in zip(lrs, vals):
+    for lr, row in zip(lrs, vals, strict=True):
       scores[float(lr)] = np.where(np.isfinite(row), row, np.inf)
 
   add(sorted(grid))

@@ -28,6 +28,7 @@ The full run writes ``benchmarks/results/step_overhead.json`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import datetime
 import gc
 import json
@@ -36,18 +37,17 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
 
 import _common
 import normopt
-
 
 # ----------------------------------------------------------------------------
 # Synthetic parameter trees (host NumPy, float32). Nesting follows Flax: a
@@ -349,7 +349,7 @@ def measure_pair(pair, params_host, grads, reps, compile_reps, min_time,
       (c_base if v is base else c_ng).append(v.compile_once())
   out["compile_s"] = statistics.median(c_ng)
   out["base_compile_s"] = statistics.median(c_base)
-  out["compile_ratios"] = [a / b for a, b in zip(c_ng, c_base)]
+  out["compile_ratios"] = [a / b for a, b in zip(c_ng, c_base, strict=True)]
   out["compile_ratio"] = statistics.median(out["compile_ratios"])
   out["anchor"] = anchor_name(pair.base)
   out["anchor_compile_s"] = anchor_compile_s(pair, params_host, grads, anchors)
@@ -393,7 +393,7 @@ def measure_pair(pair, params_host, grads, reps, compile_reps, min_time,
     out["floor_ratio"] = statistics.median(floor_ratios)
     out["floor_compile_ratio"] = out["floor_compile_s"] / out["base_compile_s"]
     out["step_minus_floor"] = statistics.median(
-        [a - b for a, b in zip(ratios, floor_ratios)])
+        [a - b for a, b in zip(ratios, floor_ratios, strict=True)])
   out["steps_per_measurement"] = inner
   out["step_ms"] = 1e3 * statistics.median(t_ng)
   out["base_step_ms"] = 1e3 * statistics.median(t_base)
@@ -427,7 +427,7 @@ def run(quick: bool, only=None, trees=None, checkpoint=None):
     specs = {k: v for k, v in specs.items() if k in trees}
   skipped = [p.name for p in PAIRS if not hasattr(normopt, p.name)]
   meta = {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      "date_utc": datetime.datetime.now(datetime.UTC).isoformat(
           timespec="seconds"),
       "quick": quick,
       "jax": jax.__version__,

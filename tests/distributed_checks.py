@@ -48,11 +48,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 
 import normopt
 
@@ -142,7 +142,7 @@ def max_dev(a, b):
   devs = [
       float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
             / max(1.0, float(np.max(np.abs(np.asarray(y, np.float64))))))
-      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
       if np.size(y)
   ]
   return max(devs, default=0.0)
@@ -209,7 +209,7 @@ def check_sharded_jit(cases, grads_mean, ref, mesh):
   params = {n: c.params for n, c in cases.items()}
   by_shape = {
       tuple(np.shape(x)): sh
-      for x, sh in zip(jax.tree.leaves(params), jax.tree.leaves(all_sh))
+      for x, sh in zip(jax.tree.leaves(params), jax.tree.leaves(all_sh), strict=True)
   }
   # init from abstract, sharded inputs: traced and lowered, not compiled.
   sds = jax.tree.map(
@@ -223,7 +223,8 @@ def check_sharded_jit(cases, grads_mean, ref, mesh):
   for n in cases:
     kept = all(
         x.sharding.is_equivalent_to(sh, x.ndim)
-        for x, sh in zip(jax.tree.leaves((p[n], u[n])), jax.tree.leaves((shardings, shardings)))
+        for x, sh in zip(jax.tree.leaves((p[n], u[n])),
+                         jax.tree.leaves((shardings, shardings)), strict=True)
     )
     state_kept = all(
         len(x.sharding.device_set) == N_DEV
@@ -233,7 +234,7 @@ def check_sharded_jit(cases, grads_mean, ref, mesh):
     )
     init_ok = jax.tree.structure(abstract_state[n]) == jax.tree.structure(s[n]) and all(
         a.shape == b.shape and a.dtype == b.dtype
-        for a, b in zip(jax.tree.leaves(abstract_state[n]), jax.tree.leaves(s[n]))
+        for a, b in zip(jax.tree.leaves(abstract_state[n]), jax.tree.leaves(s[n]), strict=True)
     )
     res[n].update(sharding_kept=bool(kept), state_sharding_kept=bool(state_kept),
                   init_from_sds=bool(init_ok))
@@ -267,9 +268,9 @@ def check_explicit(cases):
     a, b = jax.tree.leaves(t0[n]), jax.tree.leaves(t1[n])
     res[n] = dict(
         max_dev=0.0,
-        state_types_match=len(a) == len(b) and all(x == y for x, y in zip(a, b)),
+        state_types_match=len(a) == len(b) and all(x == y for x, y in zip(a, b, strict=True)),
         update_types_match=all(
-            x == y for x, y in zip(jax.tree.leaves(tu[n]), jax.tree.leaves(tp[n]))),
+            x == y for x, y in zip(jax.tree.leaves(tu[n]), jax.tree.leaves(tp[n]), strict=True)),
     )
   return res
 
@@ -293,7 +294,8 @@ def _state_specs(state, params, specs):
   spec with reduced (size-1) axes unsplit if it is per-unit, else replicated."""
   pairs = [
       (tuple(np.shape(x)), tuple(sp) + (None,) * (np.ndim(x) - len(sp)))
-      for x, sp in zip(jax.tree.leaves(params), jax.tree.leaves(specs, is_leaf=_is_spec))
+      for x, sp in zip(jax.tree.leaves(params), jax.tree.leaves(specs, is_leaf=_is_spec),
+                       strict=True)
   ]
 
   def spec(x):
@@ -302,8 +304,8 @@ def _state_specs(state, params, specs):
       if shape == pshape:
         return P(*sp)
     for pshape, sp in pairs:
-      if len(shape) == len(pshape) and all(a in (b, 1) for a, b in zip(shape, pshape)):
-        return P(*(None if a == 1 else d for a, d in zip(shape, sp)))
+      if len(shape) == len(pshape) and all(a in (b, 1) for a, b in zip(shape, pshape, strict=True)):
+        return P(*(None if a == 1 else d for a, d in zip(shape, sp, strict=False)))
     return P()
 
   return jax.tree.map(spec, state)
@@ -471,12 +473,13 @@ def multiprocess_worker(process_id, num_processes, port, out_path):
     params = make_params(np.random.default_rng(1), m.params_kind)
     p = jax.tree.map(global_array, params, shardings)
     s = jax.jit(tx.init)(p)
-    step = jax.jit(lambda p, s, g: _step_all({"m": tx}, {"m": p}, {"m": s}, g))
+    step = jax.jit(lambda p, s, g, tx=tx: _step_all({"m": tx}, {"m": p}, {"m": s}, g))
     for t in range(STEPS):
       g = jax.tree.map(global_array, _at(grads_mean, t), shardings)
       p, s, u = (x["m"] for x in step(p, s, g))
     p_all, u_all = multihost_utils.process_allgather((p, u), tiled=True)
-    out[m.name] = jax.tree.map(lambda x: np.asarray(x).tolist(), {"params": p_all, "updates": u_all})
+    out[m.name] = jax.tree.map(
+        lambda x: np.asarray(x).tolist(), {"params": p_all, "updates": u_all})
   if process_id == 0:
     with open(out_path, "w") as f:
       json.dump(out, f)

@@ -15,9 +15,9 @@ Paths, each compared with the unrolled twin run on one device:
   (FSDP-style), ``NamedSharding`` on an Auto mesh.
 * ``explicit``: the same on an Explicit mesh (sharding in types).
 * ``shard_map``: whole layers per device: the stacked subtree split along
-  the stack axis over 2 devices (2 layers each) inside ``shard_map``. No ``axis_name`` is passed (per-slice
-  norms are device-local), except for ``"global"`` blocks, whose one norm
-  spans every layer and so every device.
+  the stack axis over 2 devices (2 layers each) inside ``shard_map``. No
+  ``axis_name`` is passed (per-slice norms are device-local), except for
+  ``"global"`` blocks, whose one norm spans every layer and so every device.
 
 Gradients differ by orders of magnitude between layers and one layer's
 gradient is all zero.
@@ -28,11 +28,9 @@ from __future__ import annotations
 import os
 import sys
 
-N_DEV = 4
-if __name__ == "__main__":
+if __name__ == "__main__":  # N_DEV devices
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "")
-      + f" --xla_force_host_platform_device_count={N_DEV}"
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
   )
   os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -43,18 +41,18 @@ import time
 import traceback
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from distributed_checks import max_dev  # noqa: E402
 from methods_registry import METHODS  # noqa: E402
-
 import normopt  # noqa: E402
 
+N_DEV = 4  # virtual CPU devices (the flag above)
 L = 4  # stacked layers
 STEPS = 5
 AXIS = "x"
@@ -233,7 +231,7 @@ def run_jit(cases, params0, grads):
 def _fsdp_specs(tree, lead=()):
   """The stack axis split over devices; other leaves replicated."""
   return {
-      k: jax.tree.map(lambda _: P(*lead, AXIS) if k == STACK_KEY else P(), v)
+      k: jax.tree.map(lambda _, k=k: P(*lead, AXIS) if k == STACK_KEY else P(), v)
       for k, v in tree.items()
   }
 
@@ -275,7 +273,7 @@ def _shard_map_reference(cases, params0, grads, ref):
   own = jax.jit(functools.partial(_train, txs))(params, {"_": _unroll_seq(g)}) if glob else ({}, {})
   layers = lambda t: {k: v for k, v in t.items() if k.startswith(STACK_KEY + "_")}
   return tuple(
-      {n: o[n] if n in glob else layers(r[n]) for n in cases} for o, r in zip(own, ref)
+      {n: o[n] if n in glob else layers(r[n]) for n in cases} for o, r in zip(own, ref, strict=True)
   )
 
 

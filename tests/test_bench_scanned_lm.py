@@ -133,7 +133,7 @@ def test_stacked_adam_ng_equals_unrolled_and_unstacked_does_not(tiny):
     grads = jax.tree.map(
         lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     grads[mod.STACK] = jax.tree.map(
-        lambda g: g * scales.reshape((-1,) + (1,) * (g.ndim - 1)),
+        lambda g, scales=scales: g * scales.reshape((-1,) + (1,) * (g.ndim - 1)),
         grads[mod.STACK])
     ups = {}
     for n in txs:
@@ -145,7 +145,7 @@ def test_stacked_adam_ng_equals_unrolled_and_unstacked_does_not(tiny):
       mod.to_unrolled(ups["adam_ng(stacked)"], cfg["layers"]), up_u)
   whole = mod.to_unrolled(ups["adam_ng"], cfg["layers"])
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(whole), jax.tree.leaves(up_u)))
+      jax.tree.leaves(whole), jax.tree.leaves(up_u), strict=True))
   assert diff > 1e-4 * mod.LR["adam_ng"]
 
 

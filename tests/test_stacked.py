@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-import normopt
 from methods_registry import METHODS
+import normopt
 import stacked_checks as sc
 from subproc import run_json
 
@@ -58,7 +58,8 @@ def _tree():
 
 def test_stacked_under_names_any_key_kind():
   spec = normopt.stacked_under("layers", 3, axes=2)
-  p = {"layers": jnp.ones((2, 2, 3)), "other": [jnp.ones(2), jnp.ones(2), jnp.ones(2), jnp.ones((1, 1, 1))]}
+  p = {"layers": jnp.ones((2, 2, 3)),
+       "other": [jnp.ones(2), jnp.ones(2), jnp.ones(2), jnp.ones((1, 1, 1))]}
   paths = jax.tree_util.tree_flatten_with_path(p)[0]
   assert [spec(k, x) for k, x in paths] == [2, 0, 0, 0, 2]
   with pytest.raises(ValueError, match="at least one name"):
@@ -102,13 +103,15 @@ def test_block_norms_per_slice_match_numpy():
   unit = normopt.block_norms(tree, "unit", stacked=sc.SPEC)
   np.testing.assert_allclose(
       unit["layers"]["conv"]["kernel"][:, 0, 0, 0, :],
-      np.sqrt(np.sum(np.asarray(tree["layers"]["conv"]["kernel"], np.float64) ** 2, axis=(1, 2, 3))),
+      np.sqrt(np.sum(np.asarray(tree["layers"]["conv"]["kernel"], np.float64) ** 2,
+                     axis=(1, 2, 3))),
       rtol=1e-6)
 
 
 def test_mismatched_stacked_shapes_in_one_block_raise_naming_paths():
   tree = {"layers": {"dense": {"kernel": jnp.ones((4, 3, 3)), "bias": jnp.ones((5, 3))}}}
-  with pytest.raises(ValueError, match=r"\['layers'\]\['dense'\]\['bias'\].*\['layers'\]\['dense'\]\['kernel'\]"):
+  paths = r"\['layers'\]\['dense'\]\['bias'\].*\['layers'\]\['dense'\]\['kernel'\]"
+  with pytest.raises(ValueError, match=paths):
     normopt.block_norms(tree, "layer", stacked=normopt.stacked_under("layers"))
   tx = normopt.adam_ng(1e-3, stacked=normopt.stacked_under("layers"))
   with pytest.raises(ValueError, match="equal stacked shapes"):
