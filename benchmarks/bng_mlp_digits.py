@@ -296,7 +296,8 @@ def merge(parts):
   The parts must share every config entry but :data:`_PART_KEYS` (same
   depths, steps, seeds, grid rule, data...). Tuning records and per-seed
   curves are copied; claims are recomputed from the merged per-seed finals;
-  ``elapsed_s`` is the parts' sum (they ran one after the other). Complete
+  ``elapsed_s`` is the sum of the parts' wall seconds (an upper bound when
+  parts ran side by side; each part's own is in ``config["parts"]``). Complete
   when every part is a full run and together they hold every optimizer.
   """
   _common.check_same_config(parts, _PART_KEYS)
@@ -440,7 +441,7 @@ def plot(payload):
   depths = list(payload["results"])
   names = list(payload["results"][depths[0]])
   rows = [(base, [n for n in forms if n in names]) for base, forms in FAMILIES]
-  rows = [(base, forms) for base, forms in rows if len(forms) > 1]
+  rows = [(base, forms) for base, forms in rows if forms]
   steps = payload["steps"]
   fig, axes = plt.subplots(len(rows), len(depths), squeeze=False,
                            figsize=(4.2 * len(depths) + 0.5, 3 * len(rows) + 0.4),

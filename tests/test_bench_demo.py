@@ -303,7 +303,12 @@ def test_committed_full_results(mod, common):
   for key in ("depths", "steps", "eval_every", "batch", "width", "grid_points"):
     assert cfg[key] == (list(mod.FULL[key]) if key == "depths" else mod.FULL[key])
   assert cfg["grid_points"] >= 5
-  assert cfg["grid_centres"] == {n: mod.CENTRES[n] for n in _methods(mod, payload)}
+  # Every optimizer, the spectral and sign forms included (merged from parts
+  # of one configuration: --merge checked that and recomputed the claims).
+  assert cfg["methods"] == list(mod.ALL_METHODS)
+  assert cfg["grid_centres"] == mod.CENTRES
+  if cfg.get("parts"):
+    assert sorted(n for p in cfg["parts"] for n in p["methods"]) == sorted(mod.ALL_METHODS)
   # Produced on the benchmarks' one digits split.
   assert cfg["data"] == common.DIGITS_CONVENTION
   assert (cfg["n_train"], cfg["n_test"]) == (1437, 360)
