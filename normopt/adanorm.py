@@ -173,8 +173,7 @@ def _moments_update(
       )
     else:
       m_hat = m_new / bc1.astype(m_new.dtype)
-    # m_hat is bias-corrected already: a correction of 1 leaves it as is.
-    u = adam_direction(m_hat, v_new, jnp.ones_like(bc1), bc2, eps, root)
+    u = adam_direction(m_hat, v_new, None, bc2, eps, root)  # m_hat: corrected
     if kind == "radam":
       u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
     if kind == "diffgrad":
