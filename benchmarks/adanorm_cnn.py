@@ -161,8 +161,8 @@ def first_moment_norms(loss, grads, opt_state):
   if not isinstance(inner, normopt.ScaleByAdaNormState):
     return loss, raw, raw, jnp.zeros([])
   e = [jnp.ravel(x)[0] for x in jax.tree.leaves(inner.e)]
-  s = [jnp.where(n > 0, jnp.maximum(ei, n), 0.0) for ei, n in zip(e, g_norms)]
-  on = [(ei > n).astype(jnp.float32) for ei, n in zip(e, g_norms)]
+  s = [jnp.where(n > 0, jnp.maximum(ei, n), 0.0) for ei, n in zip(e, g_norms, strict=True)]
+  on = [(ei > n).astype(jnp.float32) for ei, n in zip(e, g_norms, strict=True)]
   return loss, raw, jnp.mean(jnp.stack(s)), jnp.mean(jnp.stack(on))
 
 

@@ -277,7 +277,7 @@ def plot(result):
                            squeeze=False)
   colors = {"Adam": "C0", "AdaGrad": "C1", "SGDM": "C2"}
   steps = result["config"]["eval_steps"]
-  for ax, length in zip(axes[0], lengths):
+  for ax, length in zip(axes[0], lengths, strict=True):
     for name, r in result["runs"][length].items():
       base = name.replace("NG", "").rstrip("-")
       vals = np.asarray([[np.nan if v is None else v for v in s]
@@ -466,7 +466,7 @@ def main(argv=None):
             steps=steps, eval_every=eval_every, chunk=chunk)
         seconds = []
 
-        def evaluate(lrs, seeds, run=run, seconds=seconds):
+        def evaluate(lrs, seeds, run=run, seconds=seconds, sel_windows=sel_windows):
           out = run(seeds, lrs, train_ids, len(sel_train), sel_windows)
           seconds.append(out["seconds"])
           return out["val_loss"][..., -1]

@@ -29,14 +29,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import time
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import linen as nn
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 from tqdm import tqdm
 
 import _common
@@ -139,7 +139,8 @@ def train(args):
       lj.append(loss_j)
     p_host = jax.tree.map(lambda x: x[0], pp)
     dev = max(
-        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_host), jax.tree.leaves(jp))
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(p_host), jax.tree.leaves(jp), strict=True)
     )
     row = dict(
         epoch=epoch,

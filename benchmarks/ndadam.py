@@ -209,7 +209,7 @@ def softmax_config(softmax):
           "bn_softmax": (0.0, True)}[softmax]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trainer(opt_name, epochs, width, blocks, nd_scalar_tied=True):
   """The jitted, vmapped training program of ``opt_name``.
 
@@ -324,7 +324,7 @@ def tune_optimizer(opt_name, softmaxes, sel, cfg):
       missing = [lr for lr in lrs if lr not in cache]
       if missing:
         out = run([(lr, sm) for lr in missing], seeds)["test_loss"]
-        cache.update(zip(missing, out))
+        cache.update(zip(missing, out, strict=True))
       return np.stack([cache[lr] for lr in lrs])
 
     records[sm] = _common.tune_lr(evaluate, grid, seeds=seeds,

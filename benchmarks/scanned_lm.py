@@ -364,7 +364,7 @@ def compile_update_once(make_tx, params, xla_options=None):
 
 
 def _ratios(a, b):
-  r = [x / y for x, y in zip(a, b)]
+  r = [x / y for x, y in zip(a, b, strict=True)]
   q25, med, q75 = (float(v) for v in np.quantile(r, [0.25, 0.5, 0.75]))
   return dict(median=med, q25=q25, q75=q75, all=r)
 
@@ -463,7 +463,7 @@ def run(cfg, lr, timing=True, quiet=False):
   data = load_text()
   optimizers = make_optimizers(lr)
   meta = {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      "date_utc": datetime.datetime.now(datetime.UTC).isoformat(
           timespec="seconds"),
       "jax": jax.__version__, "optax": optax.__version__,
       "flax": flax.__version__, "backend": jax.default_backend(),

@@ -42,14 +42,14 @@ def block_norms(leaves, blocks):
   else:
     raise ValueError(blocks)
   sq = {}
-  for k, (_, x) in zip(keys, leaves):
+  for k, (_, x) in zip(keys, leaves, strict=True):
     sq[k] = sq.get(k, 0.0) + np.sum(x**2)
   return [np.sqrt(sq[k]) for k in keys]
 
 
 def normalize(leaves, blocks, eps=1e-12):
   norms = block_norms(leaves, blocks)
-  return [x / np.maximum(n, eps) for (_, x), n in zip(leaves, norms)]
+  return [x / np.maximum(n, eps) for (_, x), n in zip(leaves, norms, strict=True)]
 
 
 def ngadap(g_leaves, w_leaves, blocks, alpha, min_param_norm=0.0, eps=1e-12):
@@ -57,12 +57,13 @@ def ngadap(g_leaves, w_leaves, blocks, alpha, min_param_norm=0.0, eps=1e-12):
   gn = block_norms(g_leaves, blocks)
   wn = block_norms(w_leaves, blocks)
   r = [np.where(w > 0, np.maximum(w, min_param_norm), 1.0) for w in wn]
-  return [alpha * rb * x / np.maximum(n, eps) for (_, x), n, rb in zip(g_leaves, gn, r)]
+  return [alpha * rb * x / np.maximum(n, eps)
+          for (_, x), n, rb in zip(g_leaves, gn, r, strict=True)]
 
 
 def clip(leaves, blocks, max_norm):
   norms = block_norms(leaves, blocks)
-  return [x * np.minimum(1.0, max_norm / n) for (_, x), n in zip(leaves, norms)]
+  return [x * np.minimum(1.0, max_norm / n) for (_, x), n in zip(leaves, norms, strict=True)]
 
 
 class SGDM:
@@ -72,8 +73,8 @@ class SGDM:
   def __call__(self, g):
     if self.m is None:
       self.m = [np.zeros_like(x) for x in g]
-    self.m = [self.mu * m + x for m, x in zip(self.m, g)]
-    d = [x + self.mu * m for m, x in zip(self.m, g)] if self.nesterov else self.m
+    self.m = [self.mu * m + x for m, x in zip(self.m, g, strict=True)]
+    d = [x + self.mu * m for m, x in zip(self.m, g, strict=True)] if self.nesterov else self.m
     return [-self.lr * x for x in d]
 
 
@@ -88,11 +89,11 @@ class Adam:
       self.m = [np.zeros_like(x) for x in g]
       self.v = [np.zeros_like(x) for x in g]
     self.t += 1
-    self.m = [self.b1 * m + (1 - self.b1) * x for m, x in zip(self.m, g)]
-    self.v = [self.b2 * v + (1 - self.b2) * x**2 for v, x in zip(self.v, g)]
+    self.m = [self.b1 * m + (1 - self.b1) * x for m, x in zip(self.m, g, strict=True)]
+    self.v = [self.b2 * v + (1 - self.b2) * x**2 for v, x in zip(self.v, g, strict=True)]
     mh = [m / (1 - self.b1**self.t) for m in self.m]
     vh = [v / (1 - self.b2**self.t) for v in self.v]
-    return [-self.lr * m / (np.sqrt(v) + self.eps) for m, v in zip(mh, vh)]
+    return [-self.lr * m / (np.sqrt(v) + self.eps) for m, v in zip(mh, vh, strict=True)]
 
 
 class AdaGrad:
@@ -104,8 +105,8 @@ class AdaGrad:
   def __call__(self, g):
     if self.a is None:
       self.a = [np.full_like(x, self.a0) for x in g]
-    self.a = [a + x**2 for a, x in zip(self.a, g)]
-    return [-self.lr * x / np.sqrt(a + self.eps) for a, x in zip(self.a, g)]
+    self.a = [a + x**2 for a, x in zip(self.a, g, strict=True)]
+    return [-self.lr * x / np.sqrt(a + self.eps) for a, x in zip(self.a, g, strict=True)]
 
 
 class AdaGradBNG:
@@ -116,11 +117,11 @@ class AdaGradBNG:
 
   def __call__(self, g_leaves):
     norms = block_norms(g_leaves, self.blocks)
-    ghat = [x / n for (_, x), n in zip(g_leaves, norms)]
+    ghat = [x / n for (_, x), n in zip(g_leaves, norms, strict=True)]
     if self.s is None:
       self.s = [np.zeros_like(x) for x in ghat]
-    self.s = [s + x**2 for s, x in zip(self.s, ghat)]
+    self.s = [s + x**2 for s, x in zip(self.s, ghat, strict=True)]
     return [
         -self.lr * n * gh / (self.delta + np.sqrt(s))
-        for gh, n, s in zip(ghat, norms, self.s)
+        for gh, n, s in zip(ghat, norms, self.s, strict=True)
     ]

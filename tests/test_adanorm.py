@@ -25,7 +25,7 @@ def _grads(seed, scales=SCALES):
   rng = np.random.default_rng(seed)
   return [
       jax.tree.map(
-          lambda shape: sc * rng.normal(size=shape),
+          lambda shape, sc=sc: sc * rng.normal(size=shape),
           SHAPES,
           is_leaf=lambda x: isinstance(x, tuple),
       )
@@ -65,13 +65,13 @@ def np_adanorm(grads, gamma, blocks="leaf"):
   for g in grads:
     _, gl, treedef = _flat(g)
     sq = {}
-    for k, x in zip(keys, gl):
+    for k, x in zip(keys, gl, strict=True):
       sq[k] = sq.get(k, 0.0) + np.sum(x * x)
     norm = {k: np.sqrt(v) for k, v in sq.items()}
     for k in norm:
       e[k] = gamma * e[k] + (1 - gamma) * norm[k]
     s, fired = [], []
-    for k, x in zip(keys, gl):
+    for k, x in zip(keys, gl, strict=True):
       on = e[k] > norm[k]
       factor = (e[k] / norm[k] if norm[k] > 0 else 0.0) if on else 1.0
       s.append(x * factor)
@@ -98,7 +98,7 @@ def np_optimizer(
   gp = [0.0] * n
   rho_inf = 2.0 / (1.0 - b2) - 1.0
   updates, fired = [], []
-  for t, (g, (s, on, _, treedef)) in enumerate(zip(grads, corr), start=1):
+  for t, (g, (s, on, _, treedef)) in enumerate(zip(grads, corr, strict=True), start=1):
     _, gl, _ = _flat(g)
     u_t = []
     for i in range(n):
@@ -158,7 +158,7 @@ def _run(tx, grads, dtype=jnp.float32):
 
 
 def _close(actual, expected, rtol=2e-4, atol=1e-6):
-  for a, e in zip(actual, expected):
+  for a, e in zip(actual, expected, strict=True):
     chex.assert_trees_all_close(
         jax.tree.map(lambda x: np.asarray(x, np.float64), a), e,
         rtol=rtol, atol=atol,
@@ -216,7 +216,7 @@ def test_adabelief_official_residual_option():
   # The two conventions really differ once the correction has fired.
   diff = max(
       float(jnp.max(jnp.abs(a - b)))
-      for a, b in zip(jax.tree.leaves(official[-1]), jax.tree.leaves(paper[-1]))
+      for a, b in zip(jax.tree.leaves(official[-1]), jax.tree.leaves(paper[-1]), strict=True)
   )
   assert diff > 1e-4
 
@@ -244,7 +244,7 @@ def test_adanorm_rescale_matches_reference_and_state():
     state = tx.init(_f32(grads[0]))
     step = jax.jit(tx.update)
     ref = np_adanorm(grads, 0.9, blocks)
-    for g, (s, _, e, treedef) in zip(grads, ref):
+    for g, (s, _, e, treedef) in zip(grads, ref, strict=True):
       u, state = step(_f32(g), state)
       _close([u], [jax.tree_util.tree_unflatten(treedef, s)])
       e_leaves = [float(np.ravel(x)[0]) for x in jax.tree.leaves(state.e)]
@@ -324,7 +324,7 @@ def test_gamma_zero_equals_base(name, mine, base, kw):
   grads = _grads(6)
   a, _ = _run(mine(LR, **kw), grads)
   b, _ = _run(base(LR, **kw), grads)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     chex.assert_trees_all_close(x, y, rtol=1e-6, atol=0)
 
 

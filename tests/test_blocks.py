@@ -21,8 +21,9 @@ def test_block_norms_match_numpy(blocks, frozen):
   got = jax.tree.leaves(normopt.block_norms(tree, blocks))
   want = np_ref.block_norms(np_ref.flat(tree), blocks)
   assert len(got) == len(want)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(np.asarray(g, np.float64), np.broadcast_to(w, np.shape(g)), rtol=1e-6)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(
+        np.asarray(g, np.float64), np.broadcast_to(w, np.shape(g)), rtol=1e-6)
 
 
 def test_layer_groups_kernel_and_bias_of_each_module():
@@ -52,7 +53,7 @@ def test_mixed_tree_with_none_lists_tuples_and_dtypes():
   total = sum(float(jnp.sum(jnp.square(x.astype(jnp.float32)))) for x in jax.tree.leaves(u))
   np.testing.assert_allclose(total, 1.0, rtol=1e-2)  # bf16/fp16 leaves round
   want = np_ref.normalize(np_ref.flat(tree), "global")
-  for g, w in zip(jax.tree.leaves(u), want):
+  for g, w in zip(jax.tree.leaves(u), want, strict=True):
     np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-2, atol=1e-3)
 
 
@@ -69,7 +70,7 @@ def test_float32_extreme_magnitudes_normalize_to_unit_norm(magnitude, blocks):
   for n in jax.tree.leaves(norms):
     np.testing.assert_allclose(np.asarray(n), 1.0, rtol=1e-5)
   want = np_ref.normalize(np_ref.flat(g), blocks)
-  for got, w in zip(jax.tree.leaves(u), want):
+  for got, w in zip(jax.tree.leaves(u), want, strict=True):
     np.testing.assert_allclose(np.asarray(got, np.float64), w, rtol=1e-4, atol=1e-7)
 
 
@@ -108,7 +109,8 @@ def test_zero_block_gives_zero_and_finite_grad_through_optimizer():
   # meta-learning) must give finite derivatives.
   f = lambda a: jnp.sum(tx.update({"a": a, "b": g["b"]}, optax.EmptyState())[0]["a"])
   chex.assert_tree_all_finite(jax.grad(f)(jnp.zeros(3)))
-  chex.assert_tree_all_finite(jax.grad(lambda a: jnp.sum(normopt.block_norms(a, "global")))(jnp.zeros(3)))
+  chex.assert_tree_all_finite(
+      jax.grad(lambda a: jnp.sum(normopt.block_norms(a, "global")))(jnp.zeros(3)))
 
 
 def test_eps_zero_and_zero_block_is_not_nan():
@@ -129,22 +131,26 @@ def test_masked_leaves_are_untouched():
   mask = jax.tree_util.tree_map_with_path(lambda p, _: "kernel" in jax.tree_util.keystr(p), tree)
   tx = optax.masked(normopt.block_normalize("layer"), mask)
   u, _ = tx.update(tree, tx.init(tree))
-  for path, (a, b) in zip(np_ref.flat(tree), zip(jax.tree.leaves(u), jax.tree.leaves(tree))):
+  pairs = zip(jax.tree.leaves(u), jax.tree.leaves(tree), strict=True)
+  for path, (a, b) in zip(np_ref.flat(tree), pairs, strict=True):
     if "kernel" in path[0]:
-      np.testing.assert_allclose(float(jnp.linalg.norm(a)), 1.0, rtol=1e-5)  # a kernel alone is the layer
+      # a kernel alone is the layer
+      np.testing.assert_allclose(float(jnp.linalg.norm(a)), 1.0, rtol=1e-5)
     else:
       np.testing.assert_array_equal(a, b)
 
 
 def test_nnx_value_wrapper_is_skipped_for_layers():
-  path = (jax.tree_util.DictKey("l1"), jax.tree_util.DictKey("kernel"), jax.tree_util.GetAttrKey("value"))
+  path = (jax.tree_util.DictKey("l1"), jax.tree_util.DictKey("kernel"),
+          jax.tree_util.GetAttrKey("value"))
   assert normopt.blocks.layer_key(path) == (jax.tree_util.DictKey("l1"),)
 
 
 def test_callable_blocks_under_inject_hyperparams_with_static_args():
   tree = trees.flax_tree(np.random.default_rng(6))
   key = lambda path, leaf: jax.tree_util.keystr(path).startswith("['params']['Dense")
-  tx = optax.inject_hyperparams(normopt.block_normalize, static_args=("blocks",))(blocks=key, eps=1e-12)
+  tx = optax.inject_hyperparams(normopt.block_normalize, static_args=("blocks",))(
+      blocks=key, eps=1e-12)
   u, state = tx.update(tree, tx.init(tree))
   assert "eps" in state.hyperparams and "blocks" not in state.hyperparams
   want, _ = normopt.block_normalize(key).update(tree, optax.EmptyState())

@@ -5,16 +5,15 @@ training resumed from the restored state must be bit-identical to training
 that never stopped. All methods step in one jitted function (one compile).
 """
 
-import chex
+from flax import serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
-import normopt
 from methods_registry import METHODS
+import normopt
 
 IDS = [m.name for m in METHODS]
 SHAPES = {
@@ -44,7 +43,7 @@ def _setup(method):
 
 def _assert_bitwise(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     assert jnp.result_type(x) == jnp.result_type(y)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -8,20 +8,19 @@ import functools
 
 import chex
 import equinox as eqx
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import pytest
 from flax import linen as nn
 from flax import nnx
 from flax.core import FrozenDict
 from flax.core import unfreeze
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
 import normopt
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits(n=256):
   """A fixed batch of scikit-learn digits: (x in [0, 1], integer labels)."""
   from sklearn.datasets import load_digits
@@ -177,7 +176,7 @@ def test_equinox_filter_training_adam_ng_and_nd_adam():
     state = tx.init(params)
 
     @jax.jit
-    def step(params, state):
+    def step(params, state, static=static, tx=tx):
       def loss_fn(p):
         m = eqx.combine(p, static)
         return _xent(jax.vmap(m)(x), y)
@@ -228,7 +227,7 @@ def test_masked_leaves_untouched_and_rest_normalized():
   # Reference: adam_ng on the kernels alone (each kernel is its own layer).
   kern = lambda t: {k: {"kernel": v["kernel"]} for k, v in t.items()}
   _, _, ref = _steps(normopt.adam_ng(0.1), kern(params), [kern(g) for g in grads])
-  for u, r, g in zip(us, ref, grads):
+  for u, r, g in zip(us, ref, grads, strict=True):
     for k in ("dense", "head"):
       np.testing.assert_array_equal(u[k]["bias"], g[k]["bias"])  # untouched
       np.testing.assert_allclose(u[k]["kernel"], r[k]["kernel"], rtol=1e-6)
@@ -243,7 +242,7 @@ def test_partition_applies_each_optimizer_to_its_leaves():
   _, _, us = _steps(tx, params, grads)
   _, _, ref_ng = _steps(normopt.sgd_ng(0.1), {"dense": params["dense"]},
                         [{"dense": g["dense"]} for g in grads])
-  for u, r, g in zip(us, ref_ng, grads):
+  for u, r, g in zip(us, ref_ng, grads, strict=True):
     chex.assert_trees_all_close(u["dense"], r["dense"], rtol=1e-6)
     chex.assert_trees_all_close(u["head"], jax.tree.map(lambda x: -0.1 * x, g["head"]), rtol=1e-6)
   # the "ng" part really is block-normalized: its layer norm is lr * 1 at step 1.
@@ -309,5 +308,5 @@ def test_named_chain_equals_alias():
   _, state, us = _steps(tx, params, grads)
   _, _, ref = _steps(normopt.adam_ng(0.1), params, grads)
   assert set(state) == {"normalize", "adam"}
-  for u, r in zip(us, ref):
+  for u, r in zip(us, ref, strict=True):
     chex.assert_trees_all_close(u, r, rtol=1e-6)

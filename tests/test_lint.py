@@ -1,4 +1,5 @@
-"""normopt lints clean with ruff and type-checks clean with mypy.
+"""normopt, its docs, tests and benchmarks lint clean with ruff; normopt
+type-checks clean with mypy.
 
 The configuration is in pyproject.toml (``[tool.ruff]``, ``[tool.mypy]``); the
 tools come with the ``test`` extra.
@@ -21,7 +22,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_finds_nothing():
-  proc = _run("ruff", "check", "--no-cache", "--output-format", "concise", "normopt", "docs")
+  proc = _run("ruff", "check", "--no-cache", "--output-format", "concise",
+              "normopt", "docs", "tests", "benchmarks")
   assert proc.returncode == 0, f"ruff findings:\n{proc.stdout}{proc.stderr}"
 
 

@@ -44,13 +44,13 @@ def _run_np(update, params, grads, needs_params=False):
   traj = []
   for g in grads:
     u = update(np_ref.flat(g), w)
-    w = [(p, x + d) for (p, x), d in zip(w, u)]
+    w = [(p, x + d) for (p, x), d in zip(w, u, strict=True)]
     traj.append(_unflatten(params, [x for _, x in w]))
   return traj
 
 
 def _assert_traj(got, want, rtol=1e-5, atol=1e-6):
-  for g, w in zip(got, want):
+  for g, w in zip(got, want, strict=True):
     chex.assert_trees_all_close(g, w, rtol=rtol, atol=atol)
 
 
@@ -60,7 +60,8 @@ def test_block_normalize_reference(blocks):
   tx = normopt.block_normalize(blocks)
   for g in grads:
     got, _ = jax.jit(tx.update)(g, tx.init(g))
-    chex.assert_trees_all_close(got, _unflatten(g, np_ref.normalize(np_ref.flat(g), blocks)), rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(
+        got, _unflatten(g, np_ref.normalize(np_ref.flat(g), blocks)), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("blocks", MODES)
@@ -79,7 +80,8 @@ def test_clip_block_norm_reference(blocks):
   tx = normopt.clip_block_norm(2.0, blocks=blocks)
   for g in _grads(2):
     got, _ = jax.jit(tx.update)(g, tx.init(g))
-    chex.assert_trees_all_close(got, _unflatten(g, np_ref.clip(np_ref.flat(g), blocks, 2.0)), rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(
+        got, _unflatten(g, np_ref.clip(np_ref.flat(g), blocks, 2.0)), rtol=1e-5, atol=1e-7)
 
 
 def test_clip_leaves_small_blocks_unchanged():
@@ -127,7 +129,8 @@ def test_alias_reference_several_steps(kind, hp, blocks):
   params = trees.flax_tree(np.random.default_rng(3), scale=0.5)
   grads = _grads(4)
   tx = getattr(normopt, kind)(0.01, blocks=blocks, **hp)
-  _assert_traj(_run_jax(tx, params, grads), _run_np(_np_alias(kind, blocks, 0.01, **hp), params, grads))
+  _assert_traj(_run_jax(tx, params, grads),
+               _run_np(_np_alias(kind, blocks, 0.01, **hp), params, grads))
 
 
 def test_sngd_reference():
@@ -163,7 +166,8 @@ def _unit_block_grads(seed, blocks):
 
 BASES = [
     (functools.partial(normopt.sgd_ng, momentum=0.9), functools.partial(optax.sgd, momentum=0.9)),
-    (functools.partial(normopt.sgd_ng, momentum=0.9, nesterov=True), functools.partial(optax.sgd, momentum=0.9, nesterov=True)),
+    (functools.partial(normopt.sgd_ng, momentum=0.9, nesterov=True),
+     functools.partial(optax.sgd, momentum=0.9, nesterov=True)),
     (normopt.adam_ng, optax.adam),
     (normopt.adagrad_ng, optax.adagrad),
 ]
@@ -174,13 +178,15 @@ BASES = [
 def test_alias_equals_optax_base_when_blocks_have_unit_norm(ours, base, blocks):
   params = trees.flax_tree(np.random.default_rng(8))
   grads = _unit_block_grads(9, blocks)
-  _assert_traj(_run_jax(ours(0.05, blocks=blocks), params, grads), _run_jax(base(0.05), params, grads))
+  _assert_traj(_run_jax(ours(0.05, blocks=blocks), params, grads),
+               _run_jax(base(0.05), params, grads))
 
 
 def test_sngd_equals_sgd_on_unit_global_norm():
   params = trees.flax_tree(np.random.default_rng(10))
   grads = _unit_block_grads(11, "global")
-  _assert_traj(_run_jax(normopt.sngd(0.05), params, grads), _run_jax(optax.sgd(0.05), params, grads))
+  _assert_traj(_run_jax(normopt.sngd(0.05), params, grads),
+               _run_jax(optax.sgd(0.05), params, grads))
 
 
 def test_ngadap_equals_base_when_grad_norm_is_alpha_w_norm():
@@ -190,7 +196,8 @@ def test_ngadap_equals_base_when_grad_norm_is_alpha_w_norm():
   wn = np_ref.block_norms(np_ref.flat(params), "layer")
   grads = []
   for g in _unit_block_grads(13, "layer"):
-    grads.append(_unflatten(g, [alpha * n * x for (_, x), n in zip(np_ref.flat(g), wn)]))
+    grads.append(_unflatten(
+        g, [alpha * n * x for (_, x), n in zip(np_ref.flat(g), wn, strict=True)]))
   tx = normopt.ngadap_scale(alpha)
   for g in grads:
     u, _ = tx.update(g, tx.init(params), params)
@@ -236,7 +243,8 @@ def test_ngadap_zero_initialized_bias_still_trains_with_leaf_blocks():
   y = x @ jnp.array([1.0, -2.0, 0.5]) + 3.0
   params = {"w": jnp.asarray(rng.normal(size=3), jnp.float32), "b": jnp.zeros(())}
   loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
-  tx = normopt.sgd_ngadap(optax.cosine_decay_schedule(1.0, 400), momentum=0.9, blocks="leaf", alpha=0.1)
+  tx = normopt.sgd_ngadap(optax.cosine_decay_schedule(1.0, 400), momentum=0.9, blocks="leaf",
+                          alpha=0.1)
   state = tx.init(params)
 
   @jax.jit
@@ -251,7 +259,8 @@ def test_ngadap_zero_initialized_bias_still_trains_with_leaf_blocks():
   assert loss(params) < 1e-3 * l0
 
 
-@pytest.mark.parametrize("make", [normopt.ngadap_scale, functools.partial(normopt.adam_ngadap, 0.1)])
+@pytest.mark.parametrize(
+    "make", [normopt.ngadap_scale, functools.partial(normopt.adam_ngadap, 0.1)])
 def test_params_none_raises_value_error_naming_transformation(make):
   tx = make()
   g = {"w": jnp.ones(3)}
@@ -262,5 +271,6 @@ def test_params_none_raises_value_error_naming_transformation(make):
 def test_mismatched_trees_raise_clear_error():
   tx = normopt.ngadap_scale()
   params = {"a": {"w": jnp.ones(3)}, "b": {"w": jnp.ones(2)}}
-  with pytest.raises(ValueError, match="ngadap_scale: updates and params have different tree structures"):
+  with pytest.raises(
+      ValueError, match="ngadap_scale: updates and params have different tree structures"):
     tx.update({"a": {"w": jnp.ones(3)}}, tx.init(params), params)

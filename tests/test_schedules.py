@@ -13,7 +13,8 @@ import normopt
 def test_stage_lengths_follow_s_over_alpha(rates, S):
   sched = jax.jit(normopt.stagewise_schedule(rates, S))
   lengths = [math.ceil(S / a) for a in rates]
-  want = np.concatenate([np.full(m, a) for m, a in zip(lengths, rates)] + [np.full(7, rates[-1])])
+  want = np.concatenate([np.full(m, a) for m, a in zip(lengths, rates, strict=True)]
+                        + [np.full(7, rates[-1])])
   got = np.array([float(sched(i)) for i in range(len(want))])
   np.testing.assert_allclose(got, want, rtol=1e-6)
 

@@ -85,7 +85,8 @@ def test_scoreboard_renders_claims_counts_and_step_sizes(sb, tmp_path):
   text = sb.scoreboard(tmp_path)
   assert text.startswith("**3 claims: 1 hold, 1 are within noise, 1 are reversed.**")
   assert "`benchmarks/bng_mlp_digits.py`: no judged claims" in text
-  assert "| Aholds beats B | depth 6, test error | Table 1: 4.7% vs 5.0% | -0.20 [-0.30, -0.10] | **holds** |" in text
+  assert ("| Aholds beats B | depth 6, test error | Table 1: 4.7% vs 5.0% "
+          "| -0.20 [-0.30, -0.10] | **holds** |") in text
   assert "| Areversed beats B | test error | [1] | +0.100 [+0.050, +0.150] | **reversed** |" in text
   assert text.count(long) == 1 and f"[1] {long}" in text  # cited, written once
   assert "old schema" not in text

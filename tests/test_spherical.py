@@ -47,7 +47,7 @@ def np_nd_adam(params, grads_seq, lr_v, lr_s, b1=0.9, b2=0.999, eps=1e-8):
        else np.zeros_like(np.sum(x, axis=_np_axes(x), keepdims=True)) for x in w]
   for t, grads in enumerate(grads_seq, start=1):
     gs = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
-    for i, (x, g) in enumerate(zip(w, gs)):
+    for i, (x, g) in enumerate(zip(w, gs, strict=True)):
       ax = _np_axes(x)
       if ax is None:  # Adam
         m[i] = b1 * m[i] + (1 - b1) * g

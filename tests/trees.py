@@ -1,8 +1,7 @@
 """Random multi-layer parameter trees in the layouts users have."""
 
-import jax.numpy as jnp
-import numpy as np
 from flax.core import FrozenDict
+import jax.numpy as jnp
 
 FLAX_SHAPES = {
     "params": {
@@ -29,8 +28,10 @@ def mixed_tree(rng):
   """Tuples, lists, None leaves and mixed dtypes in one tree."""
   return {
       "blocks": [
-          {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)},
+          {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+           "b": jnp.asarray(rng.normal(size=3), jnp.float32)},
           {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.bfloat16), "b": None},
       ],
-      "pair": (jnp.asarray(rng.normal(size=5), jnp.float32), jnp.asarray(rng.normal(size=(2, 2)), jnp.float16)),
+      "pair": (jnp.asarray(rng.normal(size=5), jnp.float32),
+               jnp.asarray(rng.normal(size=(2, 2)), jnp.float16)),
   }
