@@ -33,9 +33,13 @@ SLOW_FIRST = (
     "test_floors.py",
     "test_bench_bng.py",
     "test_distributed.py",
+    "test_conventions.py",
     "test_bench_step_overhead.py",
-    "test_bench_scanned_lm.py",
     "test_bench_demo.py",
+    "test_bench_norms_lm.py",
+    "test_bench_scanned_lm.py",
+    "test_bench_spectral_scale.py",
+    "test_checkpoint.py",
 )
 
 
