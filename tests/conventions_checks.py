@@ -23,10 +23,9 @@ from __future__ import annotations
 import os
 import sys
 
-N_DEV = 4
-if __name__ == "__main__":
+if __name__ == "__main__":  # N_DEV devices
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEV}"
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
   )
   os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -36,17 +35,17 @@ import json
 import traceback
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from methods_registry import METHODS  # noqa: E402
-
 import normopt  # noqa: E402
 
+N_DEV = 4
 AXIS = "x"
 # Every dimension is a multiple of the 4 devices.
 SHAPES = {
@@ -106,12 +105,12 @@ def check(method, dtype, layout, mesh, run_jit=False):
   problems = {}
   a, b, c = _types(s_eager), _types(s_jit), _types(s_new)
   if a != b:
-    problems["init vs jit(init)"] = str([(x, y) for x, y in zip(a, b) if x != y][:3])
+    problems["init vs jit(init)"] = str([(x, y) for x, y in zip(a, b, strict=False) if x != y][:3])
   if a != c:
-    problems["init vs after update"] = str([(x, y) for x, y in zip(a, c) if x != y][:3])
+    problems["init vs after update"] = str([(x, y) for x, y in zip(a, c, strict=False) if x != y][:3])
   if _types(u) != _types(params):
     problems["updates vs params"] = str(
-        [(x, y) for x, y in zip(_types(u), _types(params)) if x != y][:3])
+        [(x, y) for x, y in zip(_types(u), _types(params), strict=False) if x != y][:3])
   return problems
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import optax
 import pytest
 
-import normopt
 from methods_registry import METHODS
+import normopt
 from subproc import run_json
 
 ALIASES = (

@@ -16,8 +16,8 @@ import pytest
 
 import normopt
 import np_ref
-import trees
 from test_adanorm import np_optimizer
+import trees
 
 WD = 0.1
 STEPS = 6
@@ -83,9 +83,9 @@ class NDAdam:
     if self.m is None:
       self.m = [np.zeros_like(x) for x in w]
       self.v = [np.zeros_like(x) if a is None else np.zeros_like(np.sum(x, a, keepdims=True))
-                for x, a in zip(w, axes)]
+                for x, a in zip(w, axes, strict=True)]
     out = []
-    for i, (x, gi, a) in enumerate(zip(w, g, axes)):
+    for i, (x, gi, a) in enumerate(zip(w, g, axes, strict=True)):
       if a is None:
         self.m[i] = b1 * self.m[i] + (1 - b1) * gi
         self.v[i] = b2 * self.v[i] + (1 - b2) * gi * gi
@@ -169,7 +169,7 @@ def _np_run(name, step, lr_at, params, grads, mask, wd_at=lambda t: WD):
   for t, g in enumerate(grads):
     u = step(np_ref.flat(g), w, t)
     new = []
-    for (p, x), d in zip(w, u):
+    for (p, x), d in zip(w, u, strict=True):
       m = np_mask(mask, p) * (name != "nd_adam" or x.ndim < 2)
       new.append((p, x + d - lr_at(t) * wd_at(t) * m * x))
     w = new
