@@ -144,7 +144,7 @@ QUICK = dict(depths=(3,), steps=40, eval_every=20, batch=100, width=32,
 def init_mlp(rng, sizes):
   """Glorot-normal kernels, zero biases; one ``{"kernel", "bias"}`` per layer."""
   params = {}
-  for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
     std = math.sqrt(2.0 / (n_in + n_out))
     params[f"dense_{i:02d}"] = {
         "kernel": (std * rng.standard_normal((n_in, n_out))).astype(np.float32),

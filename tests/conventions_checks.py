@@ -107,7 +107,8 @@ def check(method, dtype, layout, mesh, run_jit=False):
   if a != b:
     problems["init vs jit(init)"] = str([(x, y) for x, y in zip(a, b, strict=False) if x != y][:3])
   if a != c:
-    problems["init vs after update"] = str([(x, y) for x, y in zip(a, c, strict=False) if x != y][:3])
+    diff = [(x, y) for x, y in zip(a, c, strict=False) if x != y]
+    problems["init vs after update"] = str(diff[:3])
   if _types(u) != _types(params):
     problems["updates vs params"] = str(
         [(x, y) for x, y in zip(_types(u), _types(params), strict=False) if x != y][:3])

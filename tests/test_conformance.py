@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-import normopt
 from methods_registry import METHODS
+import normopt
 
 IDS = [m.name for m in METHODS]
 SHAPES = {

@@ -13,12 +13,12 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import np_ref
 import numpy as np
 import optax
 import pytest
 
 import normopt
+import np_ref
 
 CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=60)
 SPEC = normopt.stacked_under("layers")

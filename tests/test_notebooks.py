@@ -15,8 +15,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
+KernelSpecManager = pytest.importorskip("jupyter_client.kernelspec").KernelSpecManager
+AsyncKernelManager = pytest.importorskip("jupyter_client.manager").AsyncKernelManager
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -67,8 +67,10 @@ def test_quickstart(tmp_path):
       "dict(final_loss=final_loss, accuracy=accuracy, steps=STEPS,"
       " first_loss={k: float(v[0]) for k, v in curves.items()},"
       " lengths={k: len(v) for k, v in curves.items()},"
-      " n_blocks={m: len(normopt.block_partition(params, m)) for m in ('leaf', 'layer', 'global', 'unit')},"
-      " n_leaves=len(jax.tree.leaves(params)), n_layers=len(params), kernel_norm=float(kernel_norm))")
+      " n_blocks={m: len(normopt.block_partition(params, m))"
+      " for m in ('leaf', 'layer', 'global', 'unit')},"
+      " n_leaves=len(jax.tree.leaves(params)), n_layers=len(params),"
+      " kernel_norm=float(kernel_norm))")
   code = [c for c in nb.cells if c.cell_type == "code"]
   # Outside Colab the install cell is a no-op: it prints nothing.
   assert "google.colab" in code[0].source and not code[0].outputs

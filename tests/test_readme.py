@@ -16,7 +16,7 @@ def test_readme_python_example_runs_and_lowers_the_loss():
   ns = {}
   exec(compile(blocks[0], "README.md", "exec"), ns)
   # Three steps of adam_ng at 1e-3 on a fixed batch: the loss went down.
-  params, opt_state, tx, step = ns["params"], ns["opt_state"], ns["tx"], ns["train_step"]
+  params, opt_state, step = ns["params"], ns["opt_state"], ns["train_step"]
   losses = []
   for _ in range(5):
     params, opt_state, loss = step(params, opt_state)
@@ -26,7 +26,9 @@ def test_readme_python_example_runs_and_lowers_the_loss():
 
 def test_ci_runs_exactly_the_readme_test_command():
   commands = re.findall(r"```bash\n(.*?)```", README, re.S)
-  test_cmd = [l for c in commands for l in c.splitlines() if "pytest" in l and not l.startswith("#")]
+  test_cmd = [
+      l for c in commands for l in c.splitlines() if "pytest" in l and not l.startswith("#")
+  ]
   assert len(test_cmd) == 1
   ci = (ROOT / ".ci" / "run").read_text()
   assert test_cmd[0].strip() in [l.strip() for l in ci.splitlines()]
