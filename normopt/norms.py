@@ -224,6 +224,21 @@ def polar_factors(
 
   Returns:
     The polar factors, each of its input's shape, in float32 or wider.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> a = jnp.array([[[3.0, 0.0], [0.0, 0.5]]])          # one 2x2 matrix
+    >>> b = jnp.array([[[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]])  # one 2x3 matrix
+    >>> pa, pb = normopt.polar_factors([a, b], ns_coeffs="cubic", ns_steps=40)
+    >>> [round(float(s), 3) for s in jnp.linalg.svd(pa[0], compute_uv=False)]
+    [1.0, 1.0]
+    >>> [round(float(s), 3) for s in jnp.linalg.svd(pb[0], compute_uv=False)]
+    [1.0, 1.0]
+
+  References:
+    Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
+    <https://arxiv.org/abs/2409.20325>`_, 2024; Jordan et al., `Muon
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024.
   """
   steps = ns_coefficients(ns_coeffs, ns_steps)
   mesh = _mesh_of(mats)
