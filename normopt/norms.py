@@ -218,9 +218,10 @@ def polar_factors(
     grouped: orthogonalize matrices of equal shape and dtype together (and,
       under a mesh, split each group across its devices by matrix); ``False``
       runs each array on its own, as ``optax.contrib.muon`` does per leaf.
-      On a CPU backend, a group of several leaves that is not split across
-      devices runs as one compiled body looped over its matrices (measured
-      faster there than a batched matmul; ``benchmarks/spectral_scale.py``).
+      On a CPU backend, a group of several separate (unstacked) matrices
+      that is not split across devices runs as one compiled body looped over
+      them (measured faster there than a batched matmul;
+      ``benchmarks/spectral_scale.py``).
 
   Returns:
     The polar factors, each of its input's shape, in float32 or wider.
@@ -271,11 +272,12 @@ def polar_factors(
       if pad:  # zero matrices (they stay zero), padded in place of any layout
         batch = jnp.pad(batch, ((0, pad), (0, 0), (0, 0)))
       batch = _constrain(batch, mesh, jax.sharding.PartitionSpec(axes))
-    if n_dev == 1 and len(members) > 1 and jax.default_backend() == "cpu":
-      # XLA:CPU runs a batched matmul far slower than a loop of plain ones,
-      # and compiles one slice kernel per leaf either way: loop over the
-      # group's matrices (one compiled body). A group of one stacked leaf
-      # stays batched (the loop costs it compile time and gains little).
+    if (n_dev == 1 and len(members) > 1 and max(sizes) == 1
+        and jax.default_backend() == "cpu"):
+      # Separate matrices (an unrolled model) on CPU: XLA:CPU runs a batched
+      # matmul slower than a loop of plain ones, so loop one compiled body
+      # over the group. Groups holding stacked leaves stay batched, as
+      # optax's vmap runs them (the loop cost them compile time).
       res = jax.lax.map(lambda m: newton_schulz(m[None], steps, eps)[0], batch)
     else:
       res = newton_schulz(batch, steps, eps)
