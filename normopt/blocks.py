@@ -160,24 +160,35 @@ def stacked_under(*names: Hashable, axes: int = 1) -> Callable[[Any, Any], int]:
   return stacked
 
 
+def per_leaf(spec: Any, tree: Any, paths: Sequence[Any], leaves: Sequence[Any],
+             name: str, what: str, holding: str) -> list[Any]:
+  """``spec`` read per flattened leaf of ``tree``.
+
+  ``spec`` is a callable ``(path, leaf) -> value`` or a pytree prefix of
+  ``tree`` holding values (as ``optax.masked`` takes masks); ``stacked=``,
+  ``norm=`` and Scion's ``norms=``/``radius=`` are read through it.
+  """
+  if callable(spec):
+    return [spec(p, x) for p, x in zip(paths, leaves, strict=True)]
+  try:
+    full = jax.tree.map(lambda v, sub: jax.tree.map(lambda _: v, sub), spec, tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{name}: {what} must be a callable (path, leaf) -> value or a pytree "
+        f"prefix of the params holding {holding}; its structure does not fit "
+        f"the tree: {e}"
+    ) from e
+  values = jax.tree.leaves(full)
+  if len(values) != len(leaves):
+    raise ValueError(f"{name}: {what} is not a pytree prefix of the tree.")
+  return values
+
+
 def _stack_counts(tree, paths, leaves, stacked, name):
   """Per flattened leaf of ``tree``: how many leading axes are stacked."""
   if stacked is None:
     return [0] * len(leaves)
-  if callable(stacked):
-    raw = [stacked(p, x) for p, x in zip(paths, leaves, strict=True)]
-  else:
-    try:
-      full = jax.tree.map(lambda k, sub: jax.tree.map(lambda _: k, sub), stacked, tree)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-          f"{name}: stacked must be None, a callable (path, leaf) -> int, or "
-          f"a pytree prefix of the params holding ints; its structure does "
-          f"not fit the tree: {e}"
-      ) from e
-    raw = jax.tree.leaves(full)
-    if len(raw) != len(leaves):
-      raise ValueError(f"{name}: stacked is not a pytree prefix of the tree.")
+  raw = per_leaf(stacked, tree, paths, leaves, name, "stacked", "ints")
   counts = []
   for path, leaf, k in zip(paths, leaves, raw, strict=True):
     ndim = len(jnp.shape(leaf))

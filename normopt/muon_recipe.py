@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import optax
 
 from normopt._numerics import canonical_dtype
+from normopt._numerics import decayed_weights
 from normopt.blocks import flatten_stacked
+from normopt.blocks import per_leaf
 from normopt.blocks import StackedSpec
 from normopt.normalization import block_normalize
 from normopt.norms import DEFAULT_NS_COEFFS
@@ -157,7 +159,7 @@ def _muon_labels(stacked, muon_mask):
   """``params -> tree of "muon"/"adam"``: matrices (per slice) go to Muon."""
 
   def labels(params):
-    _, leaves, counts, treedef = flatten_stacked(params, stacked, "muon")
+    paths, leaves, counts, treedef = flatten_stacked(params, stacked, "muon")
     if muon_mask is None:
       chosen = [
           matrix_view(jnp.shape(x), k) is not None
@@ -165,8 +167,7 @@ def _muon_labels(stacked, muon_mask):
       ]
     else:
       mask = muon_mask(params) if callable(muon_mask) else muon_mask
-      full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
-      chosen = jax.tree.leaves(full)
+      chosen = per_leaf(mask, params, paths, leaves, "muon", "muon_mask", "bools")
     return jax.tree_util.tree_unflatten(
         treedef, ["muon" if c else "adam" for c in chosen])
 
@@ -262,10 +263,8 @@ def muon(
     adam_learning_rate = learning_rate
 
   def decay(rate, mask=None):
-    # A literal 0 needs no params (optax.add_decayed_weights always asks).
-    if isinstance(rate, (int, float)) and rate == 0:
-      return optax.identity()
-    return optax.add_decayed_weights(rate, mask)
+    # The aliases' decoupled decay: nothing for a literal 0 (no params needed).
+    return decayed_weights(rate, mask) or optax.identity()
 
   matrices = optax.chain(
       scale_by_muon_momentum(beta=beta, nesterov=nesterov, mu_dtype=mu_dtype),

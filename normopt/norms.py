@@ -63,6 +63,7 @@ from normopt.blocks import block_norm_map
 from normopt.blocks import BlockSpec
 from normopt.blocks import flatten_stacked
 from normopt.blocks import leaf_blocks
+from normopt.blocks import per_leaf
 from normopt.blocks import StackedSpec
 
 #: A norm name, a callable ``(path, leaf) -> name`` or a pytree prefix of names.
@@ -320,19 +321,8 @@ def _leaf_norm_names(tree, paths, leaves, norm, name):
   """The norm name of every flattened leaf, checked against the table."""
   if isinstance(norm, str):
     names = [norm] * len(leaves)
-  elif callable(norm):
-    names = [norm(p, x) for p, x in zip(paths, leaves, strict=True)]
   else:
-    try:
-      full = jax.tree.map(lambda k, sub: jax.tree.map(lambda _: k, sub), norm, tree)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-          f"{name}: norm must be a name, a callable (path, leaf) -> name or a "
-          f"pytree prefix of names; its structure does not fit the tree: {e}"
-      ) from e
-    names = jax.tree.leaves(full)
-    if len(names) != len(leaves):
-      raise ValueError(f"{name}: norm is not a pytree prefix of the tree.")
+    names = per_leaf(norm, tree, paths, leaves, name, "norm", "names")
   for p, n in zip(paths, names, strict=True):
     if n not in NORMS:
       raise ValueError(

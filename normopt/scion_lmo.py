@@ -51,6 +51,7 @@ from normopt._numerics import decayed_weights
 from normopt._numerics import safe_sqrt
 from normopt.blocks import check_same_structure
 from normopt.blocks import flatten_stacked
+from normopt.blocks import per_leaf
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
 from normopt.norms import DEFAULT_NS_COEFFS
@@ -126,22 +127,6 @@ def _auto(ndim: int) -> str:
   return "spectral" if ndim == 2 else "spectral_conv"
 
 
-def _per_leaf(spec, tree, paths, leaves, what):
-  """``spec`` (a callable ``(path, leaf) -> value`` or a pytree prefix) per leaf."""
-  if callable(spec):
-    return [spec(p, x) for p, x in zip(paths, leaves, strict=True)]
-  try:
-    full = jax.tree.map(lambda v, sub: jax.tree.map(lambda _: v, sub), spec, tree)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        f"scion: {what} must be one value or a pytree prefix of the params; "
-        f"its structure does not fit the tree: {e}") from e
-  values = jax.tree.leaves(full)
-  if len(values) != len(leaves):
-    raise ValueError(f"scion: {what} is not a pytree prefix of the params.")
-  return values
-
-
 def _check_name(name: Any) -> None:
   if name != "auto" and name not in LMOS:
     raise ValueError(
@@ -151,8 +136,8 @@ def _check_name(name: Any) -> None:
 def _leaf_lmos(tree, paths, leaves, counts, norms):
   """The LMO name of every flattened leaf: resolved, checked against its shape."""
   names = []
-  for p, x, k, n in zip(paths, leaves, counts, _per_leaf(norms, tree, paths, leaves, "norms"),
-                        strict=True):
+  given = per_leaf(norms, tree, paths, leaves, "scion", "norms", "names")
+  for p, x, k, n in zip(paths, leaves, counts, given, strict=True):
     ndim = len(jnp.shape(x)) - k
     if not isinstance(n, str) or (n != "auto" and n not in LMOS):
       raise ValueError(
@@ -191,7 +176,7 @@ def scion_directions(
   if not leaves:
     return tree
   names = _leaf_lmos(tree, paths, leaves, counts, norms)
-  radii = _per_leaf(radius, tree, paths, leaves, "radius")
+  radii = per_leaf(radius, tree, paths, leaves, "scion", "radius", "numbers")
   xs = [x.astype(acc_dtype(x)) for x in leaves]
   polar: list[Any] = [None] * len(leaves)
   idx = [i for i, n in enumerate(names) if LMOS[n].polar]
