@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+import contextlib
 import json
 import math
 import os
@@ -460,6 +461,30 @@ def format_ci(c: dict, scale: float = 1.0, digits: int = 2) -> str:
   """``+1.23 [+0.50, +1.96]``: a claim's mean difference and CI."""
   f = lambda x: f"{scale * x:+.{digits}f}"
   return f"{f(c['diff'])} [{f(c['ci'][0])}, {f(c['ci'][1])}]"
+
+
+# ---------------------------------------------------------------------------
+# Compile timing
+
+@contextlib.contextmanager
+def timed_compiles():
+  """A block whose compiles are all real: none is written to JAX's
+  persistent compilation cache, so no later "fresh" compile of the same
+  program reads one back.
+
+  The cache is off unless ``JAX_COMPILATION_CACHE_DIR`` is set (the test
+  suite sets it for its session); a benchmark that times compiles runs its
+  measurements in this block. Only writes can be switched off once JAX has
+  started (it decides once whether the cache is used), so the block must
+  hold every compile of the programs it times.
+  """
+  key = "jax_persistent_cache_min_compile_time_secs"
+  before = getattr(jax.config, key)
+  jax.config.update(key, float("inf"))
+  try:
+    yield
+  finally:
+    jax.config.update(key, before)
 
 
 # ---------------------------------------------------------------------------

@@ -651,7 +651,8 @@ def main(argv=None):
     lr["adam"] = args.lr_adam
   if args.lr_ng:
     lr["adam_ng"] = args.lr_ng
-  payload = run(cfg, lr, timing=not args.no_timing, quiet=args.quiet)
+  with _common.timed_compiles():  # its compile-time ratio
+    payload = run(cfg, lr, timing=not args.no_timing, quiet=args.quiet)
   payload["quick"] = args.quick
   write(out, payload)
   return 0

@@ -530,13 +530,15 @@ def main(argv=None):
                   help="the GPU table (4096x4096, GPT-2 small): not implemented on CPU")
   args = ap.parse_args(argv)
   if args.sharded_part:
-    print(json.dumps(sharded_part(args.quick)))
+    with _common.timed_compiles():
+      print(json.dumps(sharded_part(args.quick)))
     return None
   if args.gpu and jax.default_backend() != "gpu":
     ap.error("--gpu needs a GPU backend; none here (see the md's GPU note)")
   out = _common.output_dir(ap, args, NAME)
   log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-  data = run(args.quick, log)
+  with _common.timed_compiles():
+    data = run(args.quick, log)
   data["meta"]["complete"] = True
   md = to_markdown(data)
   _common.write_results(out, NAME, data, md)

@@ -680,7 +680,8 @@ def main(argv=None):
     return md
 
   # Partial results are written after every pair (a long run can be cut).
-  data = run(args.quick, args.only, args.trees, checkpoint=write)
+  with _common.timed_compiles():
+    data = run(args.quick, args.only, args.trees, checkpoint=write)
   data["meta"]["complete"] = True
   print(write(data, final=True))
   return data

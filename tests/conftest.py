@@ -10,12 +10,23 @@ XLA:CPU compiles cheaply here (``subproc.FAST_XLA``, as in the check
 subprocesses): the test programs are tiny and their compile time dominates.
 XLA reads ``XLA_FLAGS`` when its backend starts, after this module is loaded;
 subprocesses (check scripts, notebooks, the floors run) inherit the flags.
+
+One JAX persistent compilation cache serves the whole session (a temporary
+directory, removed at the end, unless ``JAX_COMPILATION_CACHE_DIR`` is set):
+many tests compile the same program from a fresh transformation object (the
+same method in the conformance, conventions and weight-decay suites, the
+same model in several benchmark tests), which ``jax.jit``'s in-memory cache
+cannot see but the persistent cache, keyed by the program itself, can. The
+workers and every subprocess inherit it through the environment. Benchmarks
+that time compiles switch its writes off (``_common.timed_compiles``).
 """
 
 import importlib.util
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -23,6 +34,26 @@ from subproc import FAST_XLA
 
 if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
+
+_CACHE_OWNER = "NORMOPT_TEST_CACHE_OWNER"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process: the controller
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="normopt-jax-cache-")
+  os.environ[_CACHE_OWNER] = str(os.getpid())
+  # Every program, however small or quick to compile.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  if "jax" in sys.modules:  # imported before this file (a plugin): tell it too
+    _jax = sys.modules["jax"]
+    _jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    _jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  """The process that made the session's cache directory removes it."""
+  del config
+  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -5,8 +5,9 @@ Run as a script (``python tests/stacked_checks.py``): it starts JAX with 4
 virtual CPU devices and prints ONE JSON object on the last line of stdout,
 ``path -> case -> {"max_dev": float}`` (``tests/test_stacked.py`` runs it in
 a subprocess and asserts on it). A case is a registry method and, for the
-methods that take ``blocks=``, one block mode. Each path is ONE program
-holding every case: init, then ``STEPS`` updates in a ``lax.scan``.
+methods that take ``blocks=``, one block mode. Each path runs programs
+holding up to ``CHUNK`` cases: init, then ``STEPS`` updates in a
+``lax.scan``.
 
 Paths, each compared with the unrolled twin run on one device:
 
@@ -69,6 +70,9 @@ OTHER_SHAPES = {"head": {"kernel": (8, 3), "bias": (3,)}}
 MAP_DEVICES = 2  # shard_map: 2 whole layers per device
 MODES = ("leaf", "layer", "global", "unit", "callable")
 SPEC = normopt.stacked_under(STACK_KEY)
+# Cases per compiled program: XLA's compile time grows faster than the
+# program (all 106 cases at once took 62 s to compile, two halves 39 s).
+CHUNK = 16
 
 
 def _module(path):
@@ -282,18 +286,25 @@ def _shard_map_reference(cases, params0, grads, ref):
   )
 
 
+def chunks(cases):
+  """``cases`` cut into dicts of at most :data:`CHUNK` cases, in order."""
+  names = list(cases)
+  return [{n: cases[n] for n in names[i:i + CHUNK]} for i in range(0, len(names), CHUNK)]
+
+
 def _run(results, path, fn, cases):
   t0 = time.perf_counter()
-  try:
-    results[path] = fn(cases)
-  except Exception:  # find which case fails; the pytest side reports it.
-    results[path] = {}
-    for n in cases:
-      try:
-        results[path].update(fn({n: cases[n]}))
-      except Exception as e:
-        results[path][n] = dict(
-            error=f"{type(e).__name__}: {e}"[:2000], trace=traceback.format_exc()[-3000:])
+  results[path] = {}
+  for chunk in chunks(cases):
+    try:
+      results[path].update(fn(chunk))
+    except Exception:  # find which case fails; the pytest side reports it.
+      for n in chunk:
+        try:
+          results[path].update(fn({n: chunk[n]}))
+        except Exception as e:
+          results[path][n] = dict(
+              error=f"{type(e).__name__}: {e}"[:2000], trace=traceback.format_exc()[-3000:])
   results["seconds"][path] = time.perf_counter() - t0
 
 
@@ -307,7 +318,10 @@ def main(only=None):
     cases = {n: c for n, c in cases.items() if n.split("[")[0] in only}
   results = {"seconds": {}, "cases": sorted(cases)}
   t0 = time.perf_counter()
-  ref = run_unrolled(cases, params0, grads)
+  ref = ({}, {})
+  for chunk in chunks(cases):
+    for whole, part in zip(ref, run_unrolled(chunk, params0, grads), strict=True):
+      whole.update(part)
   results["seconds"]["unrolled"] = time.perf_counter() - t0
   sub = lambda c: tuple({n: r[n] for n in c} for r in ref)
   auto = jax.make_mesh((N_DEV,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
