@@ -222,9 +222,31 @@ def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
   return run
 
 
+#: XLA:CPU options of ``--quick``'s training programs (``compiler_options=``
+#: of :func:`make_flax_vmapped_run`): optimization level 2 without LLVM's
+#: expensive passes. A quick run is a few compiles and seconds of running
+#: them; at the test suite's level 0 (``XLA_FLAGS``, cheap compiles) a
+#: scanned, vmapped CNN step runs ~10x slower (2 s instead of 0.2 s per
+#: (step size, seed) pair of bng_cnn's quick run), at XLA's default level 3
+#: it compiles ~3x longer. Full runs keep XLA's defaults.
+QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2,
+                          "xla_llvm_disable_expensive_passes": True}
+
+
+def _pad_pairs(pairs, per_call):
+  """``pairs`` padded (the last pair repeated) to a multiple of ``per_call``
+  (all of them in one call when ``per_call`` is None)."""
+  if per_call is None:
+    return pairs, len(pairs)
+  n = per_call * math.ceil(len(pairs) / per_call)
+  return pairs + [pairs[-1]] * (n - len(pairs)), per_call
+
+
 def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
                           epochs: int, step_metrics: Callable = _loss_only,
-                          evaluate: Callable = accuracy):
+                          evaluate: Callable = accuracy, *,
+                          pairs_per_call: int | None = None,
+                          compiler_options: dict | None = None):
   """``run(seeds, lrs=None) -> FlaxRun``: a BatchNorm model, all in one jit(vmap).
 
   Softmax cross-entropy with BatchNorm in training mode, one fresh
@@ -238,11 +260,17 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
   validation split). Returns a :class:`FlaxRun` whose arrays lead with
   ``(seeds, ...)``, or ``(lrs, seeds, ...)`` when ``lrs`` is given;
   ``seconds`` covers compilation and every run.
+
+  ``pairs_per_call``: train the pairs in calls of this many (the last call
+  padded with copies of the last pair, whose results are dropped), so that
+  calls with different numbers of pairs (a tuning grid, a widening step, the
+  final seeds) run one compiled program; None (full runs): every pair of a
+  call in one program of that size. ``compiler_options``: ``jax.jit``'s
+  (:data:`QUICK_COMPILER_OPTIONS` for quick runs).
   """
   make_tx = _as_factory(tx)
-  x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-  n = x_tr.shape[0]
+  arrays = tuple(jnp.asarray(a) for a in data[:4])
+  n = arrays[0].shape[0]
   steps = n // batch_size
 
   def loss_fn(params, stats, x, y):
@@ -252,7 +280,7 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, new["batch_stats"]
 
-  def one_run(seed, order, lr):
+  def one_run(seed, order, lr, x_tr, y_tr, x_te, y_te):
     tx = make_tx(lr)
     variables = model.init(jax.random.PRNGKey(seed), x_tr[:2], train=False)
     params, stats = variables["params"], variables["batch_stats"]
@@ -276,7 +304,12 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
         epoch, (params, stats, tx.init(params)), order)
     return per_step, evaluation
 
-  train = jax.jit(jax.vmap(one_run))
+  # The data are arguments, not constants baked into the program: runs of
+  # different data with the same shapes (as --quick's selection and final
+  # runs can be) compile to one program, shared through JAX's persistent
+  # compilation cache, and XLA does not fold the data into its constants.
+  train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0) + (None,) * 4),
+                  compiler_options=compiler_options)
 
   def run(seeds, lrs=None):
     pairs, shape = _stack_configs(lrs, seeds)
@@ -285,11 +318,17 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
       rng = np.random.default_rng(seed)
       orders.append(np.stack([rng.permutation(n)[: steps * batch_size]
                               .reshape(steps, batch_size) for _ in range(epochs)]))
+    padded, per_call = _pad_pairs(pairs, pairs_per_call)
+    orders += orders[-1:] * (len(padded) - len(pairs))
+    seed_arr = np.asarray([s for _, s in padded], np.uint32)
+    lr_arr = np.asarray([lr for lr, _ in padded], np.float32)
+    order_arr = np.stack(orders).astype(np.int32)
     t0 = time.perf_counter()
-    per_step, evaluation = train(
-        jnp.asarray([s for _, s in pairs], jnp.uint32),
-        jnp.asarray(np.stack(orders), jnp.int32),
-        jnp.asarray([lr for lr, _ in pairs], jnp.float32))
+    outs = [train(seed_arr[i:i + per_call], order_arr[i:i + per_call],
+                  lr_arr[i:i + per_call], *arrays)
+            for i in range(0, len(padded), per_call)]
+    per_step, evaluation = jax.tree.map(
+        lambda *a: np.concatenate(a)[: len(pairs)], *outs)
     lead = shape if lrs is not None else shape[1:]
     fix = lambda a: np.asarray(a).reshape(lead + a.shape[1:])
     per_step = jax.tree.map(fix, per_step)  # (..., epochs, steps, ...)

@@ -52,6 +52,9 @@ MOMENTUM = 0.9
 SGD_CENTRE = 0.1
 NGADAP_SGD_CENTRE = 1.0
 ADAM_CENTRE = 3.162e-3
+#: --quick's training and evaluation images (the final runs' and, of the
+#: same shapes, the selection's: one compiled program serves both).
+QUICK_N_TRAIN, QUICK_N_TEST = 1024, 256
 
 
 class ResBlock(nn.Module):
@@ -291,9 +294,18 @@ def main(argv=None):
   max_widen = 1 if quick else 3
   final_seeds = list(_common.FINAL_SEEDS[:3] if quick else _common.FINAL_SEEDS)
   select_seeds = list(_common.SELECT_SEEDS)
-  data = _common.load_digits(images=True)
+  # --quick: the selection and the final runs on data of one shape (as many
+  # training and evaluation images in both), trained one (step size, seed)
+  # pair per call: every call of a method runs ONE compiled program (the
+  # grid, a widening, the final seeds), compiled for running fast.
+  n_train, n_test = (QUICK_N_TRAIN, QUICK_N_TEST) if quick else (None, None)
+  data = _common.load_digits(images=True, n_train=n_train, n_test=n_test)
   select = _common.selection_split(_common.load_digits(
-      images=True, val_fraction=_common.VAL_FRACTION))
+      images=True, val_fraction=_common.VAL_FRACTION, n_train=n_train))
+  select = select._replace(x_test=select.x_test[:n_test],
+                           y_test=select.y_test[:n_test])
+  fast = (dict(pairs_per_call=1, compiler_options=_common.QUICK_COMPILER_OPTIONS)
+          if quick else {})
   steps = {k: d.x_train.shape[0] // batch_size
            for k, d in (("final", data), ("select", select))}
   model = ResNet(width=width)
@@ -328,7 +340,8 @@ def main(argv=None):
       bar.set_postfix_str(name)
       centre, make_tx = factories["select"][name]
       run = _common.make_flax_vmapped_run(
-          model, make_tx, select, batch_size, epochs, evaluate=loss_and_error)
+          model, make_tx, select, batch_size, epochs, evaluate=loss_and_error,
+          **fast)
       seconds = []
 
       def evaluate(lrs, seeds, run=run, seconds=seconds):
@@ -342,7 +355,7 @@ def main(argv=None):
                                 "seconds": sum(seconds)}
       final = _common.make_flax_vmapped_run(
           model, factories["final"][name][1], data, batch_size, epochs,
-          evaluate=loss_and_error)(final_seeds, [rec["chosen"]])
+          evaluate=loss_and_error, **fast)(final_seeds, [rec["chosen"]])
       losses = np.asarray(final.per_epoch[0], np.float64)  # (seeds, epochs)
       ev = np.asarray(final.evaluation[0], np.float64)  # (seeds, epochs, 2)
       result["methods"][name] = {
