@@ -157,73 +157,8 @@ def _stack_configs(lrs, seeds):
   return pairs, (len(lrs), len(seeds))
 
 
-def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
-                     metrics_fn: Callable, data: Digits, steps: int,
-                     eval_every: int, batch: int):
-  """``run(seeds, lrs=None) -> curves``: training runs in one jit(vmap).
-
-  ``tx`` is an optax transformation, or a factory ``lr -> transformation``
-  (``lr`` a traced scalar: every step size of a grid runs in the same
-  compiled program). ``init_params(numpy Generator) -> params``;
-  ``loss_fn(params, x, y)`` is differentiated; ``metrics_fn(params, x, y) ->
-  (loss, accuracy)`` is evaluated on the whole train and test sets before
-  training and every ``eval_every`` steps. Initial parameters and batch
-  order (a fresh permutation per epoch) come from
-  ``np.random.default_rng(seed)``, outside the jitted function: random
-  permutations inside jit dominate compile time on CPU; the same seed gives
-  every step size and every optimizer the same initialization and batch
-  order (paired runs). Every step is inside one ``lax.scan``: one compile per
-  call of this function. ``curves`` has shape ``(seeds, steps // eval_every +
-  1, 4)`` in the order of :data:`CURVES`, or ``(lrs, seeds, ...)`` when
-  ``lrs`` is given.
-  """
-  make_tx = _as_factory(tx)
-  xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-  n = xtr.shape[0]
-  n_evals = steps // eval_every
-  n_epochs = math.ceil(steps * batch / n)
-
-  def evaluate(params):
-    return jnp.stack([*metrics_fn(params, xtr, ytr), *metrics_fn(params, xte, yte)])
-
-  def one_run(params, idx, lr):
-    tx = make_tx(lr)
-
-    def step(carry, b):
-      params, state = carry
-      grads = jax.grad(loss_fn)(params, xtr[b], ytr[b])
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    def chunk(carry, idx_chunk):
-      carry, _ = jax.lax.scan(step, carry, idx_chunk)
-      return carry, evaluate(carry[0])
-
-    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
-    return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
-
-  train = jax.jit(jax.vmap(one_run))
-
-  def run(seeds, lrs=None):
-    pairs, shape = _stack_configs(lrs, seeds)
-    inits, orders = [], []
-    for _, seed in pairs:
-      rng = np.random.default_rng(seed)
-      inits.append(init_params(rng))
-      order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
-      orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
-    params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-    out = np.asarray(train(params, jnp.asarray(np.stack(orders), jnp.int32),
-                           jnp.asarray([lr for lr, _ in pairs], jnp.float32)),
-                     np.float64)
-    return out if lrs is None else out.reshape(shape + out.shape[1:])
-
-  return run
-
-
 #: XLA:CPU options of ``--quick``'s training programs (``compiler_options=``
-#: of :func:`make_flax_vmapped_run`): optimization level 2 without LLVM's
+#: of the vmapped runs below): optimization level 2 without LLVM's
 #: expensive passes. A quick run is a few compiles and seconds of running
 #: them; at the test suite's level 0 (``XLA_FLAGS``, cheap compiles) a
 #: scanned, vmapped CNN step runs ~10x slower (2 s instead of 0.2 s per
@@ -242,12 +177,98 @@ def _pad_pairs(pairs, per_call):
   return pairs + [pairs[-1]] * (n - len(pairs)), per_call
 
 
+def _same_shapes(arrays, data: Digits):
+  """``data``'s four arrays, which must have the shapes of ``arrays``."""
+  new = tuple(jnp.asarray(a) for a in data[:4])
+  if [a.shape for a in new] != [a.shape for a in arrays]:
+    raise ValueError(f"data of shapes {[a.shape for a in new]}, the run's are "
+                     f"{[a.shape for a in arrays]}")
+  return new
+
+
+def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
+                     metrics_fn: Callable, data: Digits, steps: int,
+                     eval_every: int, batch: int, *,
+                     pairs_per_call: int | None = None,
+                     compiler_options: dict | None = None):
+  """``run(seeds, lrs=None, data=None) -> curves``: training runs in one jit(vmap).
+
+  ``tx`` is an optax transformation, or a factory ``lr -> transformation``
+  (``lr`` a traced scalar: every step size of a grid runs in the same
+  compiled program). ``init_params(numpy Generator) -> params``;
+  ``loss_fn(params, x, y)`` is differentiated; ``metrics_fn(params, x, y) ->
+  (loss, accuracy)`` is evaluated on the whole train and test sets before
+  training and every ``eval_every`` steps. Initial parameters and batch
+  order (a fresh permutation per epoch) come from
+  ``np.random.default_rng(seed)``, outside the jitted function: random
+  permutations inside jit dominate compile time on CPU; the same seed gives
+  every step size and every optimizer the same initialization and batch
+  order (paired runs). Every step is inside one ``lax.scan``: one compile per
+  call of this function. ``curves`` has shape ``(seeds, steps // eval_every +
+  1, 4)`` in the order of :data:`CURVES`, or ``(lrs, seeds, ...)`` when
+  ``lrs`` is given. ``pairs_per_call``, ``compiler_options`` and
+  ``data=``: as in :func:`make_flax_vmapped_run`.
+  """
+  make_tx = _as_factory(tx)
+  arrays = tuple(jnp.asarray(a) for a in data[:4])
+  n = arrays[0].shape[0]
+  n_evals = steps // eval_every
+  n_epochs = math.ceil(steps * batch / n)
+
+  def one_run(params, idx, lr, xtr, ytr, xte, yte):
+    tx = make_tx(lr)
+
+    def evaluate(params):
+      return jnp.stack([*metrics_fn(params, xtr, ytr),
+                        *metrics_fn(params, xte, yte)])
+
+    def step(carry, b):
+      params, state = carry
+      grads = jax.grad(loss_fn)(params, xtr[b], ytr[b])
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    def chunk(carry, idx_chunk):
+      carry, _ = jax.lax.scan(step, carry, idx_chunk)
+      return carry, evaluate(carry[0])
+
+    _, curve = jax.lax.scan(chunk, (params, tx.init(params)), idx)
+    return jnp.concatenate([evaluate(params)[None], curve])  # (n_evals+1, 4)
+
+  # The data are arguments, not constants (see make_flax_vmapped_run).
+  train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0) + (None,) * 4),
+                  compiler_options=compiler_options)
+
+  def run(seeds, lrs=None, data=None):
+    pairs, shape = _stack_configs(lrs, seeds)
+    padded, per_call = _pad_pairs(pairs, pairs_per_call)
+    data_arrays = arrays if data is None else _same_shapes(arrays, data)
+    inits, orders = [], []
+    for _, seed in padded:
+      rng = np.random.default_rng(seed)
+      inits.append(init_params(rng))
+      order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
+      orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
+    lr_arr = np.asarray([lr for lr, _ in padded], np.float32)
+    order_arr = np.stack(orders).astype(np.int32)
+    outs = []
+    for i in range(0, len(padded), per_call):
+      params = jax.tree.map(lambda *a: jnp.stack(a), *inits[i:i + per_call])
+      outs.append(np.asarray(train(params, order_arr[i:i + per_call],
+                                   lr_arr[i:i + per_call], *data_arrays),
+                             np.float64))
+    out = np.concatenate(outs)[: len(pairs)]
+    return out if lrs is None else out.reshape(shape + out.shape[1:])
+
+  return run
+
+
 def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
                           epochs: int, step_metrics: Callable = _loss_only,
                           evaluate: Callable = accuracy, *,
                           pairs_per_call: int | None = None,
                           compiler_options: dict | None = None):
-  """``run(seeds, lrs=None) -> FlaxRun``: a BatchNorm model, all in one jit(vmap).
+  """``run(seeds, lrs=None, data=None) -> FlaxRun``: a BatchNorm model in one jit(vmap).
 
   Softmax cross-entropy with BatchNorm in training mode, one fresh
   permutation of the training set per epoch: ``tx`` is an optax transformation or a factory ``lr ->
@@ -266,7 +287,9 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
   calls with different numbers of pairs (a tuning grid, a widening step, the
   final seeds) run one compiled program; None (full runs): every pair of a
   call in one program of that size. ``compiler_options``: ``jax.jit``'s
-  (:data:`QUICK_COMPILER_OPTIONS` for quick runs).
+  (:data:`QUICK_COMPILER_OPTIONS` for quick runs). ``run(..., data=other)``
+  trains on other :class:`Digits` of the same shapes (a selection split and
+  the final data, shaped alike in quick runs) in the same compiled program.
   """
   make_tx = _as_factory(tx)
   arrays = tuple(jnp.asarray(a) for a in data[:4])
@@ -311,8 +334,9 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
   train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0) + (None,) * 4),
                   compiler_options=compiler_options)
 
-  def run(seeds, lrs=None):
+  def run(seeds, lrs=None, data=None):
     pairs, shape = _stack_configs(lrs, seeds)
+    data_arrays = arrays if data is None else _same_shapes(arrays, data)
     orders = []
     for _, seed in pairs:
       rng = np.random.default_rng(seed)
@@ -325,7 +349,7 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
     order_arr = np.stack(orders).astype(np.int32)
     t0 = time.perf_counter()
     outs = [train(seed_arr[i:i + per_call], order_arr[i:i + per_call],
-                  lr_arr[i:i + per_call], *arrays)
+                  lr_arr[i:i + per_call], *data_arrays)
             for i in range(0, len(padded), per_call)]
     per_step, evaluation = jax.tree.map(
         lambda *a: np.concatenate(a)[: len(pairs)], *outs)

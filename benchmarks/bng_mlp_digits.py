@@ -52,6 +52,7 @@ the grid widens).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -137,8 +138,13 @@ FULL = dict(depths=(6, 12, 18), steps=1500, eval_every=50, batch=100,
 # and BNG's six optimizers; the same grids, selection seeds and final seeds
 # as the full run.
 DEMO = dict(FULL, depths=(12,), steps=1000, methods=tuple(METHODS))
+# --quick: the selection and the final runs on data of one shape (n_images:
+# training and evaluation images, both phases alike) in calls of
+# pairs_per_call (step size, seed) pairs: one compiled program per optimizer
+# serves the grid, its widenings and the final seeds.
 QUICK = dict(depths=(3,), steps=40, eval_every=20, batch=100, width=32,
-             grid_points=5, pad_widening=True, methods=tuple(ALL_METHODS))
+             grid_points=5, n_images=(1024, 256), pairs_per_call=5,
+             methods=tuple(ALL_METHODS))
 
 
 def init_mlp(rng, sizes):
@@ -180,26 +186,27 @@ def _curves(curves):
 
 
 def tune_and_train(name, depth, cfg, data, val_data):
-  """Selection on the validation split, then the final seeds: two compiles."""
+  """Selection on the validation split, then the final seeds: two compiles
+  (one in --quick, whose two phases have data of the same shapes)."""
   sizes = [data.x_train.shape[1]] + [cfg["width"]] * depth + [10]
   init = lambda rng: init_mlp(rng, sizes)
   args = (loss_fn, metrics)
   train = (cfg["steps"], cfg["eval_every"], cfg["batch"])
+  per_call = cfg.get("pairs_per_call")
   select = _common.make_vmapped_run(ALL_METHODS[name], init, *args, val_data,
-                                    *train)
+                                    *train, pairs_per_call=per_call)
 
   def evaluate(lrs, seeds):
     """Final validation losses (the "test" curve of the selection split)."""
-    n = len(lrs)
-    if cfg.get("pad_widening") and n < cfg["grid_points"]:
-      # A widening step padded to the grid's shape reuses its compiled
-      # program: cheaper than a compile when runs are short (--quick).
-      lrs = list(lrs) + [lrs[-1]] * (cfg["grid_points"] - n)
-    return select(seeds, lrs)[:n, :, -1, 2]
+    return select(seeds, lrs)[:, :, -1, 2]
 
   record = _common.tune_lr(
       evaluate, _common.log_grid(CENTRES[name], cfg["grid_points"]))
-  final = _common.make_vmapped_run(ALL_METHODS[name], init, *args, data, *train)
+  if per_call:
+    final = functools.partial(select, data=data)
+  else:
+    final = _common.make_vmapped_run(ALL_METHODS[name], init, *args, data,
+                                     *train)
   seeds = list(_common.FINAL_SEEDS)
   curves = final(seeds, [record["chosen"]])[0]
   record["final_seeds"] = seeds
@@ -227,9 +234,12 @@ def claims_for(results, depth):
 
 
 def run(cfg, mode="full", quiet=False):
-  data = _common.load_digits()
-  val_data = _common.selection_split(
-      _common.load_digits(val_fraction=_common.VAL_FRACTION))
+  n_train, n_eval = cfg.get("n_images", (None, None))
+  data = _common.load_digits(n_train=n_train, n_test=n_eval)
+  val_data = _common.selection_split(_common.load_digits(
+      val_fraction=_common.VAL_FRACTION, n_train=n_train))
+  val_data = val_data._replace(x_test=val_data.x_test[:n_eval],
+                               y_test=val_data.y_test[:n_eval])
   tuning, results, claims = {}, {}, []
   methods = list(cfg["methods"])
   jobs = [(d, name) for d in cfg["depths"] for name in methods]
