@@ -353,9 +353,12 @@ def main(argv=None):
                             seeds=select_seeds, max_widen=max_widen)
       result["tuning"][name] = {**rec, "final_seeds": final_seeds,
                                 "seconds": sum(seconds)}
-      final = _common.make_flax_vmapped_run(
-          model, factories["final"][name][1], data, batch_size, epochs,
-          evaluate=loss_and_error, **fast)(final_seeds, [rec["chosen"]])
+      if quick:  # data of the selection's shapes, so the same schedule
+        final = run(final_seeds, [rec["chosen"]], data=data)
+      else:
+        final = _common.make_flax_vmapped_run(
+            model, factories["final"][name][1], data, batch_size, epochs,
+            evaluate=loss_and_error)(final_seeds, [rec["chosen"]])
       losses = np.asarray(final.per_epoch[0], np.float64)  # (seeds, epochs)
       ev = np.asarray(final.evaluation[0], np.float64)  # (seeds, epochs, 2)
       result["methods"][name] = {
