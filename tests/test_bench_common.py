@@ -216,6 +216,29 @@ def test_vmapped_lr_grid_equals_one_run_per_step_size(common):
   assert np.all(curves[1, :, -1, 0] < curves[1, :, 0, 0])  # it trains
 
 
+def test_vmapped_run_in_fixed_calls_and_on_other_data(common):
+  """``pairs_per_call`` (quick runs) pads and splits the pairs without
+  changing their results; ``data=`` runs other data of the same shapes in
+  the same program, as a run made for those data would."""
+  import optax
+
+  init, loss, metrics = _tiny_mlp()
+  sel = common.selection_split(common.load_digits(val_fraction=0.2, n_train=300))
+  sel = sel._replace(x_test=sel.x_test[:100], y_test=sel.y_test[:100])
+  data = common.load_digits(n_train=300, n_test=100)
+  make_tx = lambda lr: optax.sgd(lr, momentum=0.9)
+  args = (init, loss, metrics, sel, 20, 10, 50)
+  lrs, seeds = [0.01, 0.1, 0.3], [3, 4]
+  whole = common.make_vmapped_run(make_tx, *args)(seeds, lrs=lrs)
+  run = common.make_vmapped_run(make_tx, *args, pairs_per_call=4)
+  np.testing.assert_allclose(run(seeds, lrs=lrs), whole, rtol=2e-5, atol=2e-6)
+  other = common.make_vmapped_run(make_tx, *args[:3], data, *args[4:])(seeds, [0.1])
+  np.testing.assert_allclose(run(seeds, [0.1], data=data), other, rtol=2e-5,
+                             atol=2e-6)
+  with pytest.raises(ValueError, match="shapes"):
+    run(seeds, [0.1], data=common.load_digits(n_train=200, n_test=100))
+
+
 def test_flax_vmapped_run_equals_one_run_per_step_size(common):
   import flax.linen as nn
   import jax.numpy as jnp
