@@ -6,10 +6,11 @@ module-scoped fixtures (a quick benchmark run, a check subprocess) run once.
 The slowest files are scheduled first (:data:`SLOW_FIRST`) so that no long
 file starts last and runs alone.
 
-XLA:CPU compiles cheaply here (``subproc.FAST_XLA``, as in the check
-subprocesses): the test programs are tiny and their compile time dominates.
-XLA reads ``XLA_FLAGS`` when its backend starts, after this module is loaded;
-subprocesses (check scripts, notebooks, the floors run) inherit the flags.
+XLA:CPU compiles cheaply here (``subproc.fast_xla_flags``): the test
+programs are small and their compile time dominates. XLA reads ``XLA_FLAGS``
+when its backend starts, after this module is loaded; subprocesses
+(notebooks, the floors run) inherit the flags, and the check scripts swap
+them for ``subproc.CHECK_XLA``, cheaper for their few large programs.
 
 One JAX persistent compilation cache serves the whole session (a temporary
 directory, removed at the end, unless ``JAX_COMPILATION_CACHE_DIR`` is set):
@@ -30,10 +31,9 @@ import tempfile
 
 import pytest
 
-from subproc import FAST_XLA
+from subproc import with_fast_xla
 
-if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
+os.environ["XLA_FLAGS"] = with_fast_xla(os.environ.get("XLA_FLAGS", ""))
 
 _CACHE_OWNER = "NORMOPT_TEST_CACHE_OWNER"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process: the controller

@@ -26,6 +26,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from subproc import with_fast_xla
 import uv_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,8 +45,6 @@ SUBSET = [
     "tests/test_spherical.py::test_state_is_smaller_than_adams",
     "tests/test_spherical.py::test_nd_adam_state_is_smaller_than_adams_and_matches_init_types",
 ]
-# Cheaper XLA:CPU compilation: the programs are tiny and compile time dominates.
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _floor(req: Requirement) -> str:
@@ -97,7 +96,9 @@ def test_subset_passes_at_the_declared_floors(tmp_path):
   env = dict(os.environ)
   env.pop("VIRTUAL_ENV", None)
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
+  # Cheaper XLA:CPU compilation, as in this session (the floor's jaxlib
+  # takes the same flags).
+  env["XLA_FLAGS"] = with_fast_xla(env.get("XLA_FLAGS", ""))
   proc = subprocess.run(
       [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,

@@ -48,11 +48,8 @@ RTOL, ATOL = 1e-5, 1e-6  # float32 roundoff
 NEG_MIN_DEV = 1e-3  # a model trained without `stacked` must be at least this far off
 SPEC = normopt.stacked_under("layers")
 
-# XLA's CPU backend at LLVM -O0 compiles these tiny steps about twice as
-# fast; compiling dominates this file's time, and both twins get the same.
-_jit = functools.partial(
-    jax.jit, compiler_options={"xla_backend_optimization_level": 0}
-)
+# The session's XLA flags (tests/subproc.py) compile these tiny steps fast.
+_jit = jax.jit
 
 
 def _batch():
