@@ -145,7 +145,7 @@ def eval_windows(val_ids, length, val_chars):
 
 
 def make_lm_run(make_tx, *, vocab_size, embed, hidden, length, batch, steps,
-                eval_every, chunk=5):
+                eval_every, chunk=5, compiler_options=None):
   """``run(seeds, lrs, text, n_train, val_windows) -> dict``: vmapped LM runs.
 
   ``make_tx(lr)`` builds the optimizer from a traced step size. Every
@@ -161,6 +161,8 @@ def make_lm_run(make_tx, *, vocab_size, embed, hidden, length, batch, steps,
   arrays with leading axes ``(lrs, seeds)``: ``val_loss`` ``(...,
   steps // eval_every + 1)``, ``train_loss`` (mean over each chunk of
   updates, ``(..., steps // eval_every)``), and ``seconds``.
+  ``compiler_options``: ``jax.jit``'s (``--quick``:
+  ``_common.QUICK_COMPILER_OPTIONS``).
   """
   offsets = jnp.arange(length + 1)
   n_chunks = steps // eval_every
@@ -188,7 +190,8 @@ def make_lm_run(make_tx, *, vocab_size, embed, hidden, length, batch, steps,
     _, (vals, trains) = jax.lax.scan(evaluate, (params, tx.init(params)), keys)
     return jnp.concatenate([loss_fn(params, val)[None], vals]), trains
 
-  train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, None, None, None)))
+  train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, None, None, None)),
+                  compiler_options=compiler_options)
 
   def run(seeds, lrs, text, n_train, val_windows):
     pairs = [(lr, s) for lr in lrs for s in seeds]
@@ -463,7 +466,8 @@ def main(argv=None):
         run = make_lm_run(
             FACTORIES[name], vocab_size=len(vocab), embed=embed,
             hidden=hidden, length=length, batch=chars_per_update // length,
-            steps=steps, eval_every=eval_every, chunk=chunk)
+            steps=steps, eval_every=eval_every, chunk=chunk,
+            compiler_options=_common.QUICK_COMPILER_OPTIONS if quick else None)
         seconds = []
 
         def evaluate(lrs, seeds, run=run, seconds=seconds, sel_windows=sel_windows):
