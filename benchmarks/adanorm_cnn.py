@@ -167,18 +167,21 @@ def first_moment_norms(loss, grads, opt_state):
 
 
 def tune(name, model, sel_data, epochs, grid, max_widen, pad_widening=False,
-         bar=None):
+         bar=None, compiler_options=None):
   """Phase 1: the step size of ``name`` by validation loss (``tune_lr``).
 
   The first call trains the whole grid x the selection seeds in one
   ``jit(vmap)``; a widening step trains its one step size in a second
   program, or, with ``pad_widening`` (``--quick``, where compiling costs
   more than the runs), pads itself to the grid's batch to reuse the first.
+  ``compiler_options``: ``jax.jit``'s (``--quick``:
+  ``_common.QUICK_COMPILER_OPTIONS``), here and in :func:`final_runs`.
   """
   steps = sel_data.x_train.shape[0] // BATCH
   run = _common.make_flax_vmapped_run(
       model, make_factory(name, epochs * steps), sel_data, BATCH, epochs,
-      step_metrics=train_loss_only, evaluate=loss_and_accuracy)
+      step_metrics=train_loss_only, evaluate=loss_and_accuracy,
+      compiler_options=compiler_options)
   width = len(grid)
   seconds = []
 
@@ -198,12 +201,13 @@ def tune(name, model, sel_data, epochs, grid, max_widen, pad_widening=False,
   return record
 
 
-def final_runs(name, model, data, epochs, lr):
+def final_runs(name, model, data, epochs, lr, compiler_options=None):
   """Phase 2: the final seeds at the chosen step size, on the test set."""
   steps = data.x_train.shape[0] // BATCH
   run = _common.make_flax_vmapped_run(
       model, make_factory(name, epochs * steps), data, BATCH, epochs,
-      step_metrics=first_moment_norms, evaluate=loss_and_accuracy)
+      step_metrics=first_moment_norms, evaluate=loss_and_accuracy,
+      compiler_options=compiler_options)
   with _fast_init_rng():
     out = run(list(_common.FINAL_SEEDS), lrs=[lr])
   losses, raws, ss, ons = (np.asarray(a[0], np.float64) for a in out.per_step)
@@ -361,6 +365,7 @@ def main(argv=None):
   sel_data = _common.selection_split(
       _common.load_digits(images=True, val_fraction=_common.VAL_FRACTION))
   model = CNN(width=width)
+  fast = _common.QUICK_COMPILER_OPTIONS if args.quick else None
 
   result = {
       "config": {
@@ -390,11 +395,11 @@ def main(argv=None):
     for name in names:
       bar.set_postfix_str(name)
       rec = tune(name, model, sel_data, epochs, grid, max_widen,
-                 pad_widening=args.quick, bar=bar)
+                 pad_widening=args.quick, bar=bar, compiler_options=fast)
       rec["final_seeds"] = list(_common.FINAL_SEEDS)
       result["tuning"][name] = rec
-      result["methods"][name] = final_runs(name, model, data, epochs,
-                                           rec["chosen"])
+      result["methods"][name] = final_runs(
+          name, model, data, epochs, rec["chosen"], compiler_options=fast)
   result["claims"] = make_claims(result["methods"])
   result["seconds"] = time.perf_counter() - t0
   _common.write_results(out, "adanorm_cnn", result, markdown(result),
