@@ -170,6 +170,15 @@ QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2,
                           "xla_llvm_disable_expensive_passes": True}
 
 
+#: XLA:CPU options of a compile-bound quick program: LLVM -O0, which about
+#: halves compile time, and always with XLA's current fusion emitters: the
+#: test suite runs with the older ones (``--xla_cpu_use_fusion_emitters=false``
+#: in ``XLA_FLAGS``, tests/subproc.py), and -O0 with those miscompiles (Scion's
+#: spectral_conv LMO off by 6e-4 instead of 6e-9).
+QUICK_CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                               "xla_cpu_use_fusion_emitters": True}
+
+
 def _pad_pairs(pairs, per_call):
   """``pairs`` padded (the last pair repeated) to a multiple of ``per_call``
   (all of them in one call when ``per_call`` is None)."""

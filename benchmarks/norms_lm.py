@@ -72,7 +72,7 @@ FULL = dict(layers=4, d_model=48, heads=4, context=32, batch=16, steps=400,
             eval_every=50, eval_batches=8, grid_n=5, width=5, xla_options=None)
 QUICK = dict(layers=2, d_model=16, heads=2, context=8, batch=4, steps=8,
              eval_every=4, eval_batches=1, grid_n=2, width=2,
-             xla_options={"xla_backend_optimization_level": 0})
+             xla_options=_common.QUICK_CHEAP_COMPILE_OPTIONS)
 
 METHODS = ("adam", "adam_ng(stacked)", "muon (normopt)", "muon (optax)",
            "scion")

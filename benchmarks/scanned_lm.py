@@ -70,7 +70,7 @@ QUICK = dict(layers=2, d_model=32, heads=2, context=16, batch=8, steps=20,
              eval_every=10, seeds=1, eval_batches=2, timing_reps=3,
              compile_reps=1, min_time=0.0,
              # Halves XLA:CPU compile time, which is most of a quick run.
-             xla_options={"xla_backend_optimization_level": 0})
+             xla_options=_common.QUICK_CHEAP_COMPILE_OPTIONS)
 
 # One step size for all three (the adam_ng pair must share one). Chosen from
 # 400-step, 1-seed runs of the full model at 1e-3 and 3e-3: 1e-3 gave the

@@ -256,8 +256,9 @@ def test_flax_vmapped_run_equals_one_run_per_step_size(common):
   # SGD, not Adam: Adam's early sign-like steps amplify the rounding
   # differences between a vmapped and a single run far above float32 noise.
   lrs, seeds = [0.01, 0.1], [0, 1, 2]
+  cheap = common.QUICK_CHEAP_COMPILE_OPTIONS  # compiling dominates this test
   grid = common.make_flax_vmapped_run(Net(), lambda lr: optax.sgd(lr, 0.9), data, 64, 3,
-                                      step_metrics=metrics)
+                                      step_metrics=metrics, compiler_options=cheap)
   run = grid(seeds, lrs=lrs)
   assert run.per_step.shape == (2, 3, 12, 2) and run.per_epoch.shape == (2, 3, 3, 2)
   assert run.evaluation.shape == (2, 3, 3)
@@ -265,7 +266,7 @@ def test_flax_vmapped_run_equals_one_run_per_step_size(common):
                              rtol=1e-6)
   for i, lr in enumerate(lrs):
     one = common.make_flax_vmapped_run(Net(), optax.sgd(lr, 0.9), data, 64, 3,
-                                       step_metrics=metrics)(seeds)
+                                       step_metrics=metrics, compiler_options=cheap)(seeds)
     np.testing.assert_allclose(run.per_step[i], one.per_step, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(run.evaluation[i], one.evaluation, atol=1 / 64 + 1e-6)
   # Paired: the first step's loss is the same for every step size.

@@ -48,8 +48,14 @@ RTOL, ATOL = 1e-5, 1e-6  # float32 roundoff
 NEG_MIN_DEV = 1e-3  # a model trained without `stacked` must be at least this far off
 SPEC = normopt.stacked_under("layers")
 
-# The session's XLA flags (tests/subproc.py) compile these tiny steps fast.
-_jit = jax.jit
+# XLA's CPU backend at LLVM -O0 compiles these scanned steps about twice as
+# fast; compiling dominates this file's time, and both twins get the same.
+# Always with the current fusion emitters: -O0 with the older ones, which
+# this session's XLA_FLAGS select (tests/subproc.py), miscompiles.
+_jit = functools.partial(
+    jax.jit,
+    compiler_options={"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": True},
+)
 
 
 def _batch():
