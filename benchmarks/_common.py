@@ -188,6 +188,16 @@ def _pad_pairs(pairs, per_call):
   return pairs + [pairs[-1]] * (n - len(pairs)), per_call
 
 
+def _train_in_calls(train, per_call, n, batched, data_arrays):
+  """``train(*batched, *data_arrays)`` over the padded pairs in calls of
+  ``per_call``; the outputs as NumPy arrays, concatenated, first ``n`` kept
+  (``batched``: pytrees whose leaves lead with the padded pairs)."""
+  total = len(jax.tree.leaves(batched)[0])
+  outs = [train(*jax.tree.map(lambda a, i=i: a[i:i + per_call], batched), *data_arrays)
+          for i in range(0, total, per_call)]
+  return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a])[:n], *outs)
+
+
 def _same_shapes(arrays, data: Digits):
   """``data``'s four arrays, which must have the shapes of ``arrays``."""
   new = tuple(jnp.asarray(a) for a in data[:4])
@@ -260,15 +270,11 @@ def make_vmapped_run(tx, init_params: Callable, loss_fn: Callable,
       inits.append(init_params(rng))
       order = np.concatenate([rng.permutation(n) for _ in range(n_epochs)])
       orders.append(order[: steps * batch].reshape(n_evals, eval_every, batch))
-    lr_arr = np.asarray([lr for lr, _ in padded], np.float32)
-    order_arr = np.stack(orders).astype(np.int32)
-    outs = []
-    for i in range(0, len(padded), per_call):
-      params = jax.tree.map(lambda *a: jnp.stack(a), *inits[i:i + per_call])
-      outs.append(np.asarray(train(params, order_arr[i:i + per_call],
-                                   lr_arr[i:i + per_call], *data_arrays),
-                             np.float64))
-    out = np.concatenate(outs)[: len(pairs)]
+    batched = (jax.tree.map(lambda *a: np.stack(a), *inits),
+               np.stack(orders).astype(np.int32),
+               np.asarray([lr for lr, _ in padded], np.float32))
+    out = _train_in_calls(train, per_call, len(pairs), batched,
+                          data_arrays).astype(np.float64)
     return out if lrs is None else out.reshape(shape + out.shape[1:])
 
   return run
@@ -355,15 +361,12 @@ def make_flax_vmapped_run(model, tx, data: Digits, batch_size: int,
                               .reshape(steps, batch_size) for _ in range(epochs)]))
     padded, per_call = _pad_pairs(pairs, pairs_per_call)
     orders += orders[-1:] * (len(padded) - len(pairs))
-    seed_arr = np.asarray([s for _, s in padded], np.uint32)
-    lr_arr = np.asarray([lr for lr, _ in padded], np.float32)
-    order_arr = np.stack(orders).astype(np.int32)
+    batched = (np.asarray([s for _, s in padded], np.uint32),
+               np.stack(orders).astype(np.int32),
+               np.asarray([lr for lr, _ in padded], np.float32))
     t0 = time.perf_counter()
-    outs = [train(seed_arr[i:i + per_call], order_arr[i:i + per_call],
-                  lr_arr[i:i + per_call], *data_arrays)
-            for i in range(0, len(padded), per_call)]
-    per_step, evaluation = jax.tree.map(
-        lambda *a: np.concatenate(a)[: len(pairs)], *outs)
+    per_step, evaluation = _train_in_calls(train, per_call, len(pairs), batched,
+                                           data_arrays)
     lead = shape if lrs is not None else shape[1:]
     fix = lambda a: np.asarray(a).reshape(lead + a.shape[1:])
     per_step = jax.tree.map(fix, per_step)  # (..., epochs, steps, ...)
@@ -444,6 +447,19 @@ def selection_split(data: Digits) -> Digits:
     raise ValueError("selection_split needs data loaded with val_fraction > 0")
   return data._replace(x_test=data.x_val, y_test=data.y_val,
                        x_val=None, y_val=None)
+
+
+def tuning_data(images: bool = False, n_train: int | None = None,
+                n_eval: int | None = None) -> tuple[Digits, Digits]:
+  """``(data, selection data)``: the final runs' (the training and test
+  sets) and :func:`selection_split`'s. ``n_train``/``n_eval`` (quick runs)
+  keep the first images of each set; with both given, the two phases' data
+  have the same shapes, so one compiled program serves both."""
+  data = load_digits(images=images, n_train=n_train, n_test=n_eval)
+  select = selection_split(load_digits(images=images, val_fraction=VAL_FRACTION,
+                                       n_train=n_train))
+  return data, select._replace(x_test=select.x_test[:n_eval],
+                               y_test=select.y_test[:n_eval])
 
 
 def tune_lr(evaluate: Callable, grid: Sequence[float],

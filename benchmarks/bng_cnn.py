@@ -299,11 +299,7 @@ def main(argv=None):
   # pair per call: every call of a method runs ONE compiled program (the
   # grid, a widening, the final seeds), compiled for running fast.
   n_train, n_test = (QUICK_N_TRAIN, QUICK_N_TEST) if quick else (None, None)
-  data = _common.load_digits(images=True, n_train=n_train, n_test=n_test)
-  select = _common.selection_split(_common.load_digits(
-      images=True, val_fraction=_common.VAL_FRACTION, n_train=n_train))
-  select = select._replace(x_test=select.x_test[:n_test],
-                           y_test=select.y_test[:n_test])
+  data, select = _common.tuning_data(images=True, n_train=n_train, n_eval=n_test)
   fast = (dict(pairs_per_call=1, compiler_options=_common.QUICK_COMPILER_OPTIONS)
           if quick else {})
   steps = {k: d.x_train.shape[0] // batch_size

@@ -235,11 +235,7 @@ def claims_for(results, depth):
 
 def run(cfg, mode="full", quiet=False):
   n_train, n_eval = cfg.get("n_images", (None, None))
-  data = _common.load_digits(n_train=n_train, n_test=n_eval)
-  val_data = _common.selection_split(_common.load_digits(
-      val_fraction=_common.VAL_FRACTION, n_train=n_train))
-  val_data = val_data._replace(x_test=val_data.x_test[:n_eval],
-                               y_test=val_data.y_test[:n_eval])
+  data, val_data = _common.tuning_data(n_train=n_train, n_eval=n_eval)
   tuning, results, claims = {}, {}, []
   methods = list(cfg["methods"])
   jobs = [(d, name) for d in cfg["depths"] for name in methods]

@@ -393,12 +393,8 @@ def make_claims(results):
 
 def run(cfg, quick=False, quiet=False):
   from tqdm import tqdm
-  full = _common.load_digits(images=True, n_train=cfg["n_train"], n_test=cfg["n_test"])
-  sel = _common.selection_split(_common.load_digits(
-      images=True, val_fraction=_common.VAL_FRACTION, n_train=cfg["n_train"]))
-  if cfg["n_test"] is not None:  # quick: as many validation as test images
-    sel = sel._replace(x_test=sel.x_test[:cfg["n_test"]],
-                       y_test=sel.y_test[:cfg["n_test"]])
+  # quick: as many validation as test images
+  full, sel = _common.tuning_data(images=True, n_train=cfg["n_train"], n_eval=cfg["n_test"])
   tuning, results, total = {}, {}, None
   t0 = time.time()
   for opt_name in tqdm(cfg["optimizers"], desc="ndadam", disable=quiet):

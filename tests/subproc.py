@@ -54,7 +54,8 @@ def with_fast_xla(flags):
 def check_xla(flags):
   """``XLA_FLAGS`` value ``flags`` with this session's fast flags swapped
   for :data:`CHECK_XLA` (the check scripts' large programs)."""
-  kept = [f for f in flags.split() if f not in (FAST_XLA, LEGACY_EMITTERS)]
+  fast = fast_xla_flags().split()
+  kept = [f for f in flags.split() if f not in fast]
   return " ".join([*kept, CHECK_XLA])
 
 

@@ -26,7 +26,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from subproc import with_fast_xla
 import uv_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -96,9 +95,8 @@ def test_subset_passes_at_the_declared_floors(tmp_path):
   env = dict(os.environ)
   env.pop("VIRTUAL_ENV", None)
   env["JAX_PLATFORMS"] = "cpu"
-  # Cheaper XLA:CPU compilation, as in this session (the floor's jaxlib
-  # takes the same flags).
-  env["XLA_FLAGS"] = with_fast_xla(env.get("XLA_FLAGS", ""))
+  # XLA_FLAGS: this session's cheap-compile flags (conftest), inherited; the
+  # floor's jaxlib takes them too.
   proc = subprocess.run(
       [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,
