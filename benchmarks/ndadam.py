@@ -85,7 +85,7 @@ FULL = dict(epochs=8, batch=128, width=16, blocks=2, n_train=None,
             softmaxes=SOFTMAXES, nd_scalar_tied=True)
 QUICK = dict(epochs=1, batch=64, width=4, blocks=1, n_train=256, n_test=128,
              max_widen=0, optimizers=("adam", "ndadam"),
-             softmaxes=("plain", "bn_softmax"), nd_scalar_tied=True)
+             softmaxes=("plain", "bn_softmax"), nd_scalar_tied=True, quick=True)
 
 # Fixed hyperparameters (official code); the step sizes are tuned.
 HPARAMS = dict(
@@ -210,7 +210,7 @@ def softmax_config(softmax):
 
 
 @functools.cache
-def _trainer(opt_name, epochs, width, blocks, nd_scalar_tied=True):
+def _trainer(opt_name, epochs, width, blocks, nd_scalar_tied=True, quick=False):
   """The jitted, vmapped training program of ``opt_name``.
 
   The data are arguments, not constants: the selection and the final runs
@@ -253,7 +253,8 @@ def _trainer(opt_name, epochs, width, blocks, nd_scalar_tied=True):
         train_ce=ce.reshape(epochs, -1).mean(-1), eff_lr=eff,
         logit_rms=jnp.sqrt(jnp.mean(jnp.square(z))))
 
-  return jax.jit(jax.vmap(one_run, in_axes=(0,) * 5 + (None,) * 4))
+  return jax.jit(jax.vmap(one_run, in_axes=(0,) * 5 + (None,) * 4),
+                 compiler_options=_common.QUICK_CHEAP_COMPILE_OPTIONS if quick else None)
 
 
 def make_run(opt_name, data, cfg):
@@ -273,7 +274,7 @@ def make_run(opt_name, data, cfg):
   steps_per_epoch = n // cfg["batch"]
   total = steps_per_epoch * cfg["epochs"]
   train = _trainer(opt_name, cfg["epochs"], cfg["width"], cfg["blocks"],
-                   cfg.get("nd_scalar_tied", True))
+                   cfg.get("nd_scalar_tied", True), cfg.get("quick", False))
 
   def run(configs, seeds):
     pairs = [(lr, sm, s) for lr, sm in configs for s in seeds]
