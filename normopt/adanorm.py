@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Any, get_args, Literal, NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -45,12 +46,13 @@ from normopt._numerics import adam_direction
 from normopt._numerics import bias_corrections
 from normopt._numerics import canonical_dtype
 from normopt._numerics import first_moment
-from normopt._numerics import inv_norm
 from normopt._numerics import second_moment
 from normopt._numerics import zeros_typed
 from normopt.blocks import block_norms
+from normopt.blocks import block_sq_map
 from normopt.blocks import BlockSpec
 from normopt.blocks import check_blocks
+from normopt.blocks import NORM_SCALE
 from normopt.blocks import StackedSpec
 
 Kind = Literal["adam", "diffgrad", "radam", "adabelief"]
@@ -95,6 +97,24 @@ def _init_e(params, blocks, stacked):
   return jax.tree.map(lambda t: zeros_typed(t, params), types)
 
 
+def _rsqrt_and_norm(total):
+  r"""Per block, from its prescaled sum of squares: ``(r, n)``.
+
+  ``n = ‖g_b‖`` and ``r = 1/sqrt(total)``, so ``1/n = r / NORM_SCALE``: one
+  ``rsqrt`` per block where ``n`` and then ``1/max(n, eps)`` took a
+  ``sqrt`` and a division, each a separate scalar kernel on XLA:CPU. A total
+  that is not positive (0, NaN) gives ``r = n = 0``, as ``safe_sqrt`` does;
+  an infinite one ``n = inf`` (``r`` is clamped to stay finite there).
+  """
+  pos = total > 0
+  q = lax.select(pos, total, jnp.ones_like(total))
+  r = lax.select(
+      pos, lax.rsqrt(jnp.minimum(q, jnp.finfo(q.dtype).max)),
+      jnp.zeros_like(q),
+  )
+  return r, q * r * NORM_SCALE
+
+
 def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):
   r"""One AdaNorm step: returns ``(factor, e_new)``, per leaf.
 
@@ -102,15 +122,31 @@ def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):
   ``factor = e/‖g_b‖`` if ``e > ‖g_b‖`` else 1; a zero block gets factor 0.
   Both are per-block scalars (keepdims rows for ``"unit"`` blocks): every
   full-size kernel that needs ``s`` takes ``g`` and one scalar operand.
+  ``1/max(‖g_b‖, eps)`` is ``min(r / NORM_SCALE, 1/eps)``, cheap from the
+  block's one ``rsqrt`` (see docs/design.md).
   """
-  norms = block_norms(updates, blocks, axis_name, stacked=stacked)
-  e_new = jax.tree.map(
-      lambda e_, n: (gamma * e_ + (1 - gamma) * n).astype(e_.dtype), e, norms
+  r, norms = block_sq_map(
+      _rsqrt_and_norm, updates, blocks=blocks, stacked=stacked,
+      axis_name=axis_name,
   )
-  factor = jax.tree.map(
-      lambda e_, n: jnp.where(e_ > n, e_ * inv_norm(n, eps), 1.0),
-      e_new, norms,
-  )
+  if isinstance(eps, (int, float)):
+    inv_eps = None if eps == 0 else 1.0 / eps
+  else:
+    inv_eps = 1.0 / jnp.asarray(eps)
+
+  def leaf(e_, r_, n):
+    e_new = (gamma * e_ + (1 - gamma) * n).astype(e_.dtype)
+    inv = r_ * (1.0 / NORM_SCALE)
+    if isinstance(inv_eps, float):  # past the dtype's range: no clamp
+      inv = jnp.minimum(inv, min(inv_eps, float(jnp.finfo(inv.dtype).max)))
+    elif inv_eps is not None:
+      inv = jnp.minimum(inv, inv_eps)
+    lifted = (e_new * inv).astype(n.dtype)
+    return lax.select(e_new > n, lifted, jnp.ones_like(n)), e_new
+
+  out = jax.tree.map(leaf, e, r, norms)
+  factor = jax.tree.map(lambda _, o: o[0], e, out)
+  e_new = jax.tree.map(lambda _, o: o[1], e, out)
   return factor, e_new
 
 

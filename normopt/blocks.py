@@ -321,6 +321,9 @@ def _check_group_shapes(paths, leaves, parts, name):
 # Squares are taken of x * 2**-_SHIFT and the norm multiplied back by
 # 2**_SHIFT (see docs/design.md, "The 2^-16 prescale").
 _SHIFT = 16
+#: A block's norm is ``sqrt(total) * NORM_SCALE`` for the ``total`` that
+#: :func:`block_sq_map` passes (the sum of squares of the prescaled elements).
+NORM_SCALE = 2.0 ** _SHIFT
 
 # Blocks of more leaves than this are summed in a loop (see _loop_sum)
 # instead of a chain of adds (``"global"`` over thousands of leaves).
@@ -436,18 +439,43 @@ def block_norm_map(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
-  check_blocks(blocks, "block_norm_map")
-  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, "block_norm_map")
+  return _map_blocks(
+      lambda *totals: fn(*[safe_sqrt(t) * NORM_SCALE for t in totals]),
+      tree, others, blocks, stacked, axis_name, "block_norm_map",
+  )
+
+
+def block_sq_map(
+    fn: Callable[..., Any],
+    tree: Any,
+    *others: Any,
+    blocks: BlockSpec = "layer",
+    stacked: StackedSpec = None,
+    axis_name: str | None = None,
+) -> Any:
+  """:func:`block_norm_map` on the sums of squares instead of the norms.
+
+  ``fn`` gets, per tree, a block's sum of squares of its prescaled elements,
+  ``total = sum(g_b**2) / NORM_SCALE**2`` (the norm is
+  ``sqrt(total) * NORM_SCALE``), and runs once per block. For a caller that
+  needs both the norm and its inverse: one ``rsqrt`` of the total gives both,
+  where the norm first costs a ``sqrt`` and then a division, and XLA keeps
+  each such scalar as a kernel of its own per block (see docs/design.md).
+  """
+  return _map_blocks(fn, tree, others, blocks, stacked, axis_name, "block_sq_map")
+
+
+def _map_blocks(fn, tree, others, blocks, stacked, axis_name, name):
+  """``fn`` of each block's totals (one per tree), laid out per leaf."""
+  check_blocks(blocks, name)
+  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
   if not leaves:
     return tree
   others_leaves = [treedef.flatten_up_to(o) for o in others]
   parts = _leaf_partition(paths, leaves, counts, blocks)
-  _check_group_shapes(paths, leaves, parts, "block_norm_map")
+  _check_group_shapes(paths, leaves, parts, name)
   index, totals = _block_totals([leaves, *others_leaves], parts, axis_name)
-  per_block = [
-      fn(*[safe_sqrt(tot[b]) * (2.0 ** _SHIFT) for tot in totals])
-      for b in range(len(totals[0]))
-  ]
+  per_block = [fn(*[tot[b] for tot in totals]) for b in range(len(totals[0]))]
 
   def unflatten(results):
     return jax.tree_util.tree_unflatten(
