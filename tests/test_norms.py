@@ -222,6 +222,27 @@ def test_grouping_changes_nothing():
   chex.assert_trees_all_close(a, b, atol=2e-6)
 
 
+@pytest.mark.parametrize("preset", ["muon", "dion"])
+def test_group_of_separate_matrices_matches_numpy(preset):
+  # Separate matrices of one shape form a group (on one CPU device: a loop
+  # of steps per matrix); one (a, b, c) repeated, or one per step.
+  rng = np.random.default_rng(6)
+  g = {f"l{i}": jnp.asarray(rng.normal(size=(7, 5)) * 10.0 ** (i - 2), jnp.float32)
+       for i in range(4)}
+  g["l3"] = jnp.zeros((7, 5), jnp.float32)  # stays zero
+  coeffs = normopt.norms.NS_PRESETS[preset]
+  tx = normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8, ns_coeffs=coeffs)
+  got = jax.jit(tx.update)(g, tx.init(g))[0]
+  seq = [coeffs] * 5 if np.ndim(coeffs) == 1 else coeffs
+  for k, x in g.items():
+    x = np.asarray(x, np.float64).T  # wide
+    x = x / (np.linalg.norm(x) + 1e-8)
+    for a, b, c in seq:
+      gram = x @ x.T
+      x = a * x + (b * gram + c * gram @ gram) @ x
+    np.testing.assert_allclose(np.asarray(got[k], np.float64), x.T, atol=5e-6, err_msg=k)
+
+
 @pytest.mark.parametrize("norm", ["l2", "rms", "sign", "spectral"])
 def test_zero_and_low_precision_stay_finite(norm):
   rng = np.random.default_rng(5)
