@@ -254,7 +254,8 @@ def train_all(cfg, data, optimizers, quiet=False):
   shape = (cfg["eval_batches"], cfg["batch"])
   ev_tr = jnp.asarray(window_starts(rng, len(train_ids), cfg["context"], shape))
   ev_va = jnp.asarray(window_starts(rng, len(val_ids), cfg["context"], shape))
-  init = jax.jit(lambda seed: init_params(scanned, seed, cfg))
+  init = jax.jit(lambda seed: init_params(scanned, seed, cfg),
+                 compiler_options=cfg["xla_options"])
   change = jax.jit(layer_change_norms)
   results = {}
   bar = tqdm(total=len(optimizers) * cfg["seeds"] * n_chunks,
@@ -372,7 +373,8 @@ def _ratios(a, b):
 def measure_timing(cfg, data, optimizers, quiet=False):
   train_ids, _, vocab = data
   scanned, unrolled = make_models(cfg, len(vocab))
-  p_scan = jax.jit(lambda: init_params(scanned, 0, cfg))()
+  p_scan = jax.jit(lambda: init_params(scanned, 0, cfg),
+                   compiler_options=cfg["xla_options"])()
   p_unroll = jax.jit(to_unrolled, static_argnums=1)(p_scan, cfg["layers"])
   ids = jnp.asarray(train_ids)
   starts = jnp.asarray(window_starts(np.random.default_rng(0), len(train_ids),
