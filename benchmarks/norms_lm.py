@@ -257,7 +257,8 @@ def make_run(model, make_tx, cfg, splits):
 
   train = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0, None, None)),
                   compiler_options=cfg["xla_options"])
-  init = jax.jit(lambda seed: scanned_lm.init_params(model, seed, cfg))
+  init = jax.jit(lambda seed: scanned_lm.init_params(model, seed, cfg),
+                 compiler_options=cfg["xla_options"])
 
   def run(seeds, lrs, phase):
     span = windows[phase][0]
