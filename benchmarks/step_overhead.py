@@ -21,6 +21,8 @@ Usage (from the repository root)::
 
   python benchmarks/step_overhead.py            # full: ~8 min on 2 quiet cores
   python benchmarks/step_overhead.py --quick   # into a temp folder
+  python benchmarks/step_overhead.py --trees mlp24x1024 mlp150x128 \
+      --only adam_norm radam_norm adabelief_norm diffgrad_norm  # issue 19's trees
 
 The full run writes ``benchmarks/results/step_overhead.json`` and
 ``benchmarks/results/step_overhead.md``.
@@ -111,6 +113,28 @@ def tiny_leaves_shapes(layers: int = 150, width: int = 44) -> dict:
       f"dense{i}": {"kernel": (width, width), "bias": (width,)}
       for i in range(layers)
   }
+
+
+def mlp_blocks_shapes(blocks: int, width: int) -> dict:
+  """Dense(kernel, bias) + LayerNorm(scale, bias) blocks: ``4 * blocks`` leaves."""
+  return {
+      f"block{i}": {"dense": {"kernel": (width, width), "bias": (width,)},
+                    "ln": {"scale": (width,), "bias": (width,)}}
+      for i in range(blocks)
+  }
+
+
+def extra_tree_specs(quick: bool) -> dict[str, dict]:
+  """Trees of issue 19's compile target, run only when named in ``--trees``.
+
+  Each adds minutes to a full run (600 leaves compile in ~5-10 s per
+  variant on 2 CPU cores), so the default run keeps the three trees above.
+  """
+  if quick:
+    return {"mlp24x1024": mlp_blocks_shapes(2, 8),
+            "mlp150x128": mlp_blocks_shapes(3, 4)}
+  return {"mlp24x1024": mlp_blocks_shapes(24, 1024),
+          "mlp150x128": mlp_blocks_shapes(150, 128)}
 
 
 def tree_specs(quick: bool) -> dict[str, dict]:
@@ -424,7 +448,8 @@ def run(quick: bool, only=None, trees=None, checkpoint=None):
   pairs = available_pairs(only)
   specs = tree_specs(quick)
   if trees:
-    specs = {k: v for k, v in specs.items() if k in trees}
+    specs = {k: v for k, v in {**specs, **extra_tree_specs(quick)}.items()
+             if k in trees}
   skipped = [p.name for p in PAIRS if not hasattr(normopt, p.name)]
   meta = {
       "date_utc": datetime.datetime.now(datetime.UTC).isoformat(

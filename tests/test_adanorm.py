@@ -355,6 +355,39 @@ def test_zero_gradient_is_finite_under_jax_grad():
   chex.assert_tree_all_finite(jax.jit(jax.grad(f))(zeros))
 
 
+@pytest.mark.parametrize("eps", [1e-12, 0.0, 1e-2])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_correction_edge_norms(eps, dtype):
+  # The factor comes from one rsqrt of the block's sum of squares: check it
+  # against 1/max(n, eps) from the exact norm, for norms below eps, zero
+  # blocks (factor 0: s = 0, no NaN) and an infinite block (factor 1, e inf).
+  tx = normopt.adanorm_rescale(gamma=0.5, eps=eps)
+  g = {"a": jnp.full(3, 2.0, dtype), "b": jnp.full(2, 1e-3, dtype),
+       "z": jnp.zeros(4, dtype)}
+  s0 = tx.init(g)
+  e_prev = {"a": 4.0, "b": 1.0, "z": 1.0}
+  state = s0._replace(e={k: jnp.asarray(v, jnp.float32) for k, v in e_prev.items()})
+  s, state = jax.jit(tx.update)(g, state)
+  for k, x in g.items():
+    xf = np.asarray(x, np.float64)
+    n = float(np.sqrt(np.sum(xf * xf)))
+    e = 0.5 * e_prev[k] + 0.5 * n
+    if e > n:
+      f = e * (0.0 if n == 0 else 1.0 / max(n, eps))
+    else:
+      f = 1.0
+    np.testing.assert_allclose(float(state.e[k]), e, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(s[k], np.float64), xf * f, rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+    assert s[k].dtype == dtype
+  chex.assert_trees_all_equal(s["z"], jnp.zeros(4, dtype))
+  inf = {"a": jnp.array([jnp.inf, 1.0], jnp.float32)}
+  tx = normopt.adanorm_rescale(gamma=0.5, eps=eps)
+  s, state = jax.jit(tx.update)(inf, tx.init(inf))
+  assert float(state.e["a"]) == np.inf
+  chex.assert_trees_all_equal(s["a"], inf["a"])
+
+
 def test_gamma_under_inject_hyperparams():
   grads = [_f32(g) for g in _grads(9)]
   injected = optax.inject_hyperparams(normopt.adam_norm)(
