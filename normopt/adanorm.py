@@ -211,7 +211,11 @@ def _moments_update(
       m_hat = m_new / bc1.astype(m_new.dtype)
     u = adam_direction(m_hat, v_new, None, bc2, eps, root)  # m_hat: corrected
     if kind == "radam":
-      u = jnp.where(rectify, r.astype(m_hat.dtype) * u, m_hat)
+      # jnp.where without its nested jit per leaf: select_n takes the scalar
+      # predicate as it is.
+      ru = r.astype(m_hat.dtype) * u
+      dt = jnp.result_type(ru, m_hat)
+      u = lax.select_n(rectify, m_hat.astype(dt), ru.astype(dt))
     if kind == "diffgrad":
       u = jax.nn.sigmoid(jnp.abs(gp - gt)) * u
       gp = gt.astype(jnp.result_type(gp))
