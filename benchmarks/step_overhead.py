@@ -228,7 +228,10 @@ TARGETS = [
     (13, "diffgrad", "step_ratio", 1.45),
     (13, "diffgrad_norm", "step_ratio", 1.45),
     (13, "sngd", "step_minus_floor", 0.1),
-] + [(13, p.name, "anchor_compile_ratio", 1.15) for p in PAIRS]
+] + [(13, p.name, "anchor_compile_ratio", 1.15) for p in PAIRS] + [
+    (19, n, "anchor_compile_ratio", 1.3)
+    for n in ("adam_norm", "radam_norm", "adabelief_norm", "diffgrad_norm")
+] + [(19, "adam_norm", "step_ratio", 1.25)]
 
 
 def anchor_name(base: str) -> str:

@@ -94,7 +94,7 @@ def test_targets_cover_the_issue(quick_run):
     assert (r["optimizer"], r["tree"], "anchor_compile_ratio") in rows
   for t in data["targets"]:
     assert t["met"] == (t["value"] <= t["limit"])
-    assert t["issue"] in (6, 13)
+    assert t["issue"] in (6, 13, 19)
 
 
 def test_compile_time_against_the_anchor(quick_run):
