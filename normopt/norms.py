@@ -49,7 +49,6 @@ not communication).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import functools
 import math
 from typing import Any, NamedTuple, TypeAlias
 
@@ -134,14 +133,11 @@ def _ns_step(x, abc):
   return a * x + jnp.einsum("bij,bjk->bik", poly, x)
 
 
-def newton_schulz(
-    x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any, looped: bool = False,
-) -> jax.Array:
+def newton_schulz(x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any) -> jax.Array:
   """Newton–Schulz on a batch of wide matrices ``(B, m, n)``, ``m <= n``.
 
   Divides each matrix by its Frobenius norm plus ``eps`` (a zero matrix stays
-  zero), then applies the steps. Computes in ``x``'s dtype. ``looped``: the
-  steps run in a ``fori_loop`` (one compiled step body) instead of unrolled.
+  zero), then applies the steps. Computes in ``x``'s dtype.
   """
   # Squares of x·2^-16 (see docs/design.md, "The 2^-16 prescale"): no
   # overflow for float32 entries up to ~1e24.
@@ -150,30 +146,9 @@ def newton_schulz(
   x = x * inv_norm(fro + eps, 0.0)
   if isinstance(steps, _Repeat):
     return jax.lax.fori_loop(0, steps.steps, lambda _, y: _ns_step(y, steps.abc), x)
-  if looped and len(steps) > 1:
-    if all(abc == steps[0] for abc in steps):
-      return jax.lax.fori_loop(0, len(steps), lambda _, y: _ns_step(y, steps[0]), x)
-    table = jnp.asarray(steps, x.dtype)
-    return jax.lax.fori_loop(0, len(steps), lambda i, y: _ns_step(y, tuple(table[i])), x)
   for abc in steps:
     x = _ns_step(x, abc)
   return x
-
-
-@functools.cache
-def _looped_ns_jit(steps):
-  return jax.jit(lambda x, eps: newton_schulz(x, list(steps), eps, looped=True))
-
-
-def _looped_ns(steps):
-  """``newton_schulz(x, steps, eps, looped=True)`` as ``f(x, eps)``: one
-  nested ``jit`` when the coefficients are Python numbers, so that a group's
-  members share one trace and one lowering (XLA inlines the calls)."""
-  try:
-    key = tuple(tuple(float(c) for c in abc) for abc in steps)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return lambda x, eps: newton_schulz(x, steps, eps, looped=True)
-  return _looped_ns_jit(key)
 
 
 def _mesh_of(arrays):
@@ -244,13 +219,10 @@ def polar_factors(
     grouped: orthogonalize matrices of equal shape and dtype together (and,
       under a mesh, split each group across its devices by matrix); ``False``
       runs each array on its own, as ``optax.contrib.muon`` does per leaf.
-      On a one-device CPU backend, each of a group's separate (unstacked)
-      matrices runs its own loop of Newton–Schulz steps, whose identical
-      bodies XLA compiles once (cheaper to compile than slicing a
-      concatenated group back into its members, and faster to run than a
-      batched matmul there; ``benchmarks/spectral_scale.py``); on several
-      CPU devices with no mesh to split over, one compiled body loops over
-      the concatenated group.
+      On a CPU backend, a group of several separate (unstacked) matrices
+      that is not split across devices runs as one compiled body looped over
+      them (measured faster there than a batched matmul;
+      ``benchmarks/spectral_scale.py``).
 
   Returns:
     The polar factors, each of its input's shape, in float32 or wider.
@@ -295,33 +267,20 @@ def polar_factors(
       # the group is split by matrix below: a matmul of split matrices has no
       # legal Explicit sharding.
       xs = [_constrain(x, mesh, jax.sharding.PartitionSpec()) for x in xs]
-    separate_on_cpu = (n_dev == 1 and len(members) > 1 and max(sizes) == 1
-                       and jax.default_backend() == "cpu")
-    if separate_on_cpu and jax.device_count() == 1:
-      # Separate matrices (an unrolled model) on a one-device CPU: each runs
-      # its own loop of Newton–Schulz steps, with no concatenation. XLA:CPU
-      # compiles the members' identical loop bodies once, while slicing a
-      # concatenated group back into its members costs a kernel of its own
-      # per member (~15 ms of compile each; benchmarks/spectral_scale.py).
-      one = _looped_ns(steps)
-      for i, x in zip(members, xs, strict=True):
-        y = one(x, eps)
-        out[i] = y if oriented[i][1] else jnp.swapaxes(y, -1, -2)
-      continue
     batch = xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)
     if n_dev > 1:
       pad = -batch.shape[0] % n_dev
       if pad:  # zero matrices (they stay zero), padded in place of any layout
         batch = jnp.pad(batch, ((0, pad), (0, 0), (0, 0)))
       batch = _constrain(batch, mesh, jax.sharding.PartitionSpec(axes))
-    if separate_on_cpu:
-      # The same on several devices with no mesh to split over (their
-      # shardings are not visible here): one compiled body looped over the
-      # concatenated group gathers each matrix once; XLA:CPU runs a batched
-      # matmul slower than a loop of plain ones.
+    if (n_dev == 1 and len(members) > 1 and max(sizes) == 1
+        and jax.default_backend() == "cpu"):
+      # Separate matrices (an unrolled model) on CPU: XLA:CPU runs a batched
+      # matmul slower than a loop of plain ones, so loop one compiled body
+      # over the group. Groups holding stacked leaves stay batched, as
+      # optax's vmap runs them (the loop cost them compile time).
       res = jax.lax.map(lambda m: newton_schulz(m[None], steps, eps)[0], batch)
     else:
-      # Groups holding stacked leaves stay batched, as optax's vmap runs them.
       res = newton_schulz(batch, steps, eps)
     if n_dev > 1:
       res = _constrain(res, mesh, jax.sharding.PartitionSpec())

@@ -224,8 +224,8 @@ def test_grouping_changes_nothing():
 
 @pytest.mark.parametrize("preset", ["muon", "dion"])
 def test_group_of_separate_matrices_matches_numpy(preset):
-  # Separate matrices of one shape form a group (on one CPU device: a loop
-  # of steps per matrix); one (a, b, c) repeated, or one per step.
+  # Separate matrices of one shape form a group (on a CPU backend: one
+  # compiled body looped over them); one (a, b, c) repeated, or one per step.
   rng = np.random.default_rng(6)
   g = {f"l{i}": jnp.asarray(rng.normal(size=(7, 5)) * 10.0 ** (i - 2), jnp.float32)
        for i in range(4)}
