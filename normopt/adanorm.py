@@ -129,6 +129,7 @@ def _correct(updates, e, gamma, blocks, stacked, eps, axis_name):
       _rsqrt_and_norm, updates, blocks=blocks, stacked=stacked,
       axis_name=axis_name,
   )
+  inv_eps: Any
   if isinstance(eps, (int, float)):
     inv_eps = None if eps == 0 else 1.0 / eps
   else:
