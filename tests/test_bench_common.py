@@ -223,9 +223,7 @@ def test_vmapped_run_in_fixed_calls_and_on_other_data(common):
   import optax
 
   init, loss, metrics = _tiny_mlp()
-  sel = common.selection_split(common.load_digits(val_fraction=0.2, n_train=300))
-  sel = sel._replace(x_test=sel.x_test[:100], y_test=sel.y_test[:100])
-  data = common.load_digits(n_train=300, n_test=100)
+  data, sel = common.tuning_data(n_train=300, n_eval=100)  # equal shapes
   make_tx = lambda lr: optax.sgd(lr, momentum=0.9)
   args = (init, loss, metrics, sel, 20, 10, 50)
   lrs, seeds = [0.01, 0.1, 0.3], [3, 4]
