@@ -57,13 +57,13 @@ def _np_spectral(x, stacked):
 
 
 def _np_ns(x, coeffs, steps, eps):
-  """Newton–Schulz in float64 (the iteration DESIGN §7 states)."""
+  """Newton–Schulz in float64 (the iteration DESIGN §7 states): one
+  ``(a, b, c)`` for ``steps`` steps, or one per step (``steps`` unused)."""
   x = np.asarray(x, np.float64)
   wide = x.shape[0] <= x.shape[1]
   x = x if wide else x.T
   x = x / (np.linalg.norm(x) + eps)
-  a, b, c = coeffs
-  for _ in range(steps):
+  for a, b, c in ([coeffs] * steps if np.ndim(coeffs) == 1 else coeffs):
     g = x @ x.T
     x = a * x + (b * g + c * g @ g) @ x
   return x if wide else x.T
@@ -203,12 +203,8 @@ def test_muon_coefficients_match_numpy_iteration():
   seq = normopt.norms.NS_PRESETS["dion"]
   tx = normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8, ns_coeffs=seq)
   got = tx.update(g, tx.init(g))[0]
-  x = np.asarray(g["a"], np.float64)
-  x = x / (np.linalg.norm(x) + 1e-8)
-  for a, b, c in seq:
-    gram = x @ x.T
-    x = a * x + (b * gram + c * gram @ gram) @ x
-  np.testing.assert_allclose(np.asarray(got["a"], np.float64), x, atol=5e-6)
+  np.testing.assert_allclose(np.asarray(got["a"], np.float64),
+                             _np_ns(g["a"], seq, None, 1e-8), atol=5e-6)
 
 
 def test_grouping_changes_nothing():
@@ -233,14 +229,9 @@ def test_group_of_separate_matrices_matches_numpy(preset):
   coeffs = normopt.norms.NS_PRESETS[preset]
   tx = normopt.block_normalize(blocks="leaf", norm="spectral", eps=1e-8, ns_coeffs=coeffs)
   got = jax.jit(tx.update)(g, tx.init(g))[0]
-  seq = [coeffs] * 5 if np.ndim(coeffs) == 1 else coeffs
   for k, x in g.items():
-    x = np.asarray(x, np.float64).T  # wide
-    x = x / (np.linalg.norm(x) + 1e-8)
-    for a, b, c in seq:
-      gram = x @ x.T
-      x = a * x + (b * gram + c * gram @ gram) @ x
-    np.testing.assert_allclose(np.asarray(got[k], np.float64), x.T, atol=5e-6, err_msg=k)
+    np.testing.assert_allclose(np.asarray(got[k], np.float64), _np_ns(x, coeffs, 5, 1e-8),
+                               atol=5e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("norm", ["l2", "rms", "sign", "spectral"])
