@@ -6,6 +6,7 @@ math exists once (see ``docs/design.md``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -83,6 +84,26 @@ def where_pos(x: jax.Array, fn: Any) -> jax.Array:
   """``fn(x)`` where ``x > 0``, else 0 (no NaN from the other branch)."""
   pos = x > 0
   return jnp.where(pos, fn(jnp.where(pos, x, 1)), 0)
+
+
+def runtime_offsets(offsets: Sequence[int], like: jax.Array) -> tuple[Any, ...]:
+  """``offsets`` as int32 scalars that XLA cannot fold into constants.
+
+  XLA:CPU compiles one kernel per distinct fused computation (~10 ms each)
+  and reuses a kernel for identical ones. Slicing a group back into its
+  members at constant offsets makes one distinct kernel per member (150
+  separate 128x128 matrices: 1.6 s of compile time); at offsets that are
+  runtime values the members' kernels are identical and compile once.
+  Used where a stacked array is sliced back into many pieces. The
+  values come out of a two-trip loop that adds a zero XLA cannot prove
+  (``isnan(x) & isinf(x)`` of one entry of ``like``); should a later XLA fold
+  it, the offsets become constants again: slower to compile, same result.
+  See docs/design.md, "Slicing at offsets XLA cannot fold".
+  """
+  x = like.reshape(-1)[0]
+  zero = (jnp.isnan(x) & jnp.isinf(x)).astype(jnp.int32)
+  init = tuple(jnp.int32(o) for o in offsets)
+  return jax.lax.fori_loop(0, 2, lambda _, c: tuple(o + zero for o in c), init)
 
 
 def canonical_dtype(dtype: Any) -> Any:

@@ -58,6 +58,7 @@ import numpy as np
 
 from normopt._numerics import acc_dtype
 from normopt._numerics import inv_norm
+from normopt._numerics import runtime_offsets
 from normopt._numerics import safe_sqrt
 from normopt.blocks import block_norm_map
 from normopt.blocks import BlockSpec
@@ -286,7 +287,7 @@ def polar_factors(
     if n_dev > 1:
       res = _constrain(res, mesh, jax.sharding.PartitionSpec())
     if len(members) > 1 and n_dev == 1 and res.size and jax.default_backend() == "cpu":
-      starts = _runtime_offsets(np.cumsum([0, *sizes[:-1]]).tolist(), res)
+      starts = runtime_offsets(np.cumsum([0, *sizes[:-1]]).tolist(), res)
     else:
       starts = np.cumsum([0, *sizes[:-1]]).tolist()
     for i, n, start in zip(members, sizes, starts, strict=True):
@@ -297,24 +298,6 @@ def polar_factors(
       out[i] = y if oriented[i][1] else jnp.swapaxes(y, -1, -2)
   return out
 
-
-def _runtime_offsets(offsets: Sequence[int], like: jax.Array) -> tuple[Any, ...]:
-  """``offsets`` as int32 scalars that XLA cannot fold into constants.
-
-  XLA:CPU compiles one kernel per distinct fused computation (~10 ms each)
-  and reuses a kernel for identical ones. Slicing a group back into its
-  members at constant offsets makes one distinct kernel per member (150
-  separate 128x128 matrices: 1.6 s of compile time); at offsets that are
-  runtime values the members' kernels are identical and compile once. The
-  values come out of a two-trip loop that adds a zero XLA cannot prove
-  (``isnan(x) & isinf(x)`` of one entry of ``like``); should a later XLA fold
-  it, the offsets become constants again: slower to compile, same result.
-  See docs/design.md, "Slicing at offsets XLA cannot fold".
-  """
-  x = like.reshape(-1)[0]
-  zero = (jnp.isnan(x) & jnp.isinf(x)).astype(jnp.int32)
-  init = tuple(jnp.int32(o) for o in offsets)
-  return jax.lax.fori_loop(0, 2, lambda _, c: tuple(o + zero for o in c), init)
 
 
 class Norm(NamedTuple):
