@@ -358,6 +358,41 @@ def run_sharded_subprocess(quick: bool, timeout: int = 900) -> dict:
 # ----------------------------------------------------------------------------
 
 
+GRAM_SHAPES = {  # (matrices, m, n): the GPT tree's d x 4d kernels, and a square one
+    "quick": [(2, 32, 128), (2, 64, 64)],
+    "full": [(8, 128, 512), (4, 256, 1024), (2, 512, 2048), (4, 256, 256)],
+}
+
+
+def gram_part(quick: bool, reps: int) -> list[dict]:
+  """``polar_factors`` in its plain and Gram form on one stacked group each:
+  step time interleaved (rotating order), the FLOP model of both, and the
+  deviation between them."""
+  rows = []
+  rng = np.random.default_rng(0)
+  for b, m, n in GRAM_SHAPES["quick" if quick else "full"]:
+    x = jnp.asarray(rng.normal(size=(b, m, n)), jnp.float32)
+    fns = {form: jax.jit(lambda y, g=(form == "gram"): normopt.polar_factors([y], gram=g)[0])
+           for form in ("plain", "gram")}
+    outs = {form: f(x).block_until_ready() for form, f in fns.items()}
+    times: dict[str, list[float]] = {form: [] for form in fns}
+    for r in range(reps):
+      for form in (("plain", "gram") if r % 2 == 0 else ("gram", "plain")):
+        t0 = time.perf_counter()
+        fns[form](x).block_until_ready()
+        times[form].append(time.perf_counter() - t0)
+    steps = 5
+    rows.append({
+        "shape": [b, m, n], "step_s": times,
+        "ratio": statistics.median(
+            g / p for g, p in zip(times["gram"], times["plain"], strict=True)),
+        "flops_plain": 2 * b * steps * (2 * m * m * n + m**3),
+        "flops_gram": 2 * b * (2 * m * m * n + 4 * m**3 * steps),
+        "max_abs_dev": float(jnp.max(jnp.abs(outs["gram"] - outs["plain"]))),
+    })
+  return rows
+
+
 def _load():
   try:
     return [round(float(x), 2) for x in os.getloadavg()]
@@ -383,13 +418,15 @@ def run(quick: bool, log=print) -> dict:
       row.update(tree=tname, layout=layout, loadavg=_load())
       results.append(row)
       gc.collect()
+  log(f"gram (load {_load()})")
+  gram = gram_part(quick, reps)
   log(f"sharded (subprocess, load {_load()})")
   sharded = run_sharded_subprocess(quick)
   sharded["loadavg"] = _load()
   meta["loadavg_end"] = _load()
   meta["elapsed_s"] = time.perf_counter() - t_start
   data = {"meta": meta, "machine": meta["machine"], "results": results,
-          "sharded": sharded}
+          "sharded": sharded, "gram": gram}
   data["targets"] = evaluate_targets(data)
   return data
 
@@ -515,6 +552,21 @@ def to_markdown(data) -> str:
   lines += [
       "", "For step and compile rows, ours/optax are median seconds and value is the "
       "median of per-repetition ratios (so not exactly ours/optax).",
+  ]
+  lines += [
+      "", "## Gram form (`polar_factors(..., gram=True)`)", "",
+      "One stacked group of matrices through `polar_factors` (5 steps of the Muon "
+      "coefficients), plain against the Gram form (iterate on the m x m Gram matrix, "
+      "apply to X once); step time interleaved, median of per-repetition ratios; "
+      "FLOPs from the model 2b(2m^2 n + m^3)k (plain) and 2b(2m^2 n + 4m^3 k) (Gram).",
+      "", "| matrices x m x n | plain ms | gram ms | gram/plain | FLOPs gram/plain "
+      "| max abs dev |", "|---|---:|---:|---:|---:|---:|"]
+  for row in data.get("gram", []):
+    b, m, n = row["shape"]
+    pl, gr = (statistics.median(row["step_s"][f]) * 1e3 for f in ("plain", "gram"))
+    lines.append(f"| {b} x {m} x {n} | {pl:.1f} | {gr:.1f} | {row['ratio']:.2f}x | "
+                 f"{row['flops_gram'] / row['flops_plain']:.2f} | {row['max_abs_dev']:.1e} |")
+  lines += [
       "", "## GPU (`--gpu`)", "",
       "Not measured: no GPU was lent to this run. The 4096x4096 matrices and the "
       "GPT-2-small tree (12 layers: 768x768 x4, 768x3072, 3072x768) with the achieved "

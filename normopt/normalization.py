@@ -41,6 +41,7 @@ def block_normalize(
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     grouped: bool = True,
+    gram: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each block of the gradient by its unit direction under a norm.
 
@@ -77,6 +78,9 @@ def block_normalize(
     grouped: orthogonalize the ``"spectral"`` matrices of equal shape and
       dtype together (split across the mesh's devices under a mesh);
       ``False`` runs each leaf on its own.
+    gram: run ``"spectral"``'s Newton–Schulz in its Gram form
+      (:func:`normopt.polar_factors`): fewer FLOPs for rectangular matrices
+      (aspect ratio above about 2), the same iteration to float32 roundoff.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -112,7 +116,7 @@ def block_normalize(
       return directions(
           updates, norm=norm, blocks=blocks, stacked=stacked,
           axis_name=axis_name, eps=eps, ns_steps=ns_steps,
-          ns_coeffs=ns_coeffs, grouped=grouped, name="block_normalize",
+          ns_coeffs=ns_coeffs, grouped=grouped, gram=gram, name="block_normalize",
       ), state
     scales = block_norm_map(
         lambda n: inv_norm(n, eps), updates,

@@ -134,17 +134,54 @@ def _ns_step(x, abc):
   return a * x + jnp.einsum("bij,bjk->bik", poly, x)
 
 
-def newton_schulz(x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any) -> jax.Array:
+def _gram_step(qr, abc):
+  """One step of the Gram form: ``P = a + b·R + c·R²``; ``Q ← P Q``, ``R ← P² R``."""
+  q, r = qr
+  a, b, c = abc
+  eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+  p = a * eye + b * r + c * jnp.einsum("bij,bjk->bik", r, r)
+  q = p if q is None else jnp.einsum("bij,bjk->bik", p, q)
+  r = jnp.einsum("bij,bjk->bik", p, jnp.einsum("bij,bjk->bik", p, r))
+  return q, 0.5 * (r + jnp.swapaxes(r, -1, -2))  # symmetric, as in exact arithmetic
+
+
+def _gram_newton_schulz(x, steps):
+  """The steps on the ``m x m`` Gram matrix: ``X_k = Q_k X_0``.
+
+  Each step's polynomial is one of ``R = X Xᵀ``, and ``Q_k`` one of ``R_0``,
+  so they commute: ``X_{k+1} = P_k X_k`` with ``P_k = a + b R_k + c R_k²``,
+  ``R_{k+1} = P_k² R_k``. ``X`` is read twice (``R_0`` and the final
+  ``Q X``): ``2m²n + 4m³`` per step less ``(2m²n + m³)`` of the plain form.
+  """
+  r = jnp.einsum("bij,bkj->bik", x, x)
+  if isinstance(steps, _Repeat):
+    eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+    q, _ = jax.lax.fori_loop(0, steps.steps, lambda _, qr: _gram_step(qr, steps.abc), (eye, r))
+  else:
+    q = None
+    for abc in steps:
+      q, r = _gram_step((q, r), abc)
+    if q is None:
+      return x
+  return jnp.einsum("bij,bjk->bik", q, x)
+
+
+def newton_schulz(
+    x: jax.Array, steps: Sequence[tuple[Any, Any, Any]], eps: Any, gram: bool = False
+) -> jax.Array:
   """Newton–Schulz on a batch of wide matrices ``(B, m, n)``, ``m <= n``.
 
   Divides each matrix by its Frobenius norm plus ``eps`` (a zero matrix stays
-  zero), then applies the steps. Computes in ``x``'s dtype.
+  zero), then applies the steps. Computes in ``x``'s dtype. ``gram=True``
+  iterates on the ``m x m`` Gram matrix instead (:func:`polar_factors`).
   """
   # Squares of x·2^-16 (see docs/design.md, "The 2^-16 prescale"): no
   # overflow for float32 entries up to ~1e24.
   shift = jnp.asarray(2.0 ** -16, x.dtype)
   fro = safe_sqrt(jnp.sum(jnp.square(x * shift), axis=(-2, -1), keepdims=True)) / shift
   x = x * inv_norm(fro + eps, 0.0)
+  if gram:
+    return _gram_newton_schulz(x, steps)
   if isinstance(steps, _Repeat):
     return jax.lax.fori_loop(0, steps.steps, lambda _, y: _ns_step(y, steps.abc), x)
   for abc in steps:
@@ -208,6 +245,7 @@ def polar_factors(
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     eps: Any = 1e-12,
     grouped: bool = True,
+    gram: bool = False,
 ) -> list[jax.Array]:
   """Approximate polar factors ``U Vᵀ`` of batches of matrices.
 
@@ -225,6 +263,14 @@ def polar_factors(
       them (measured faster there than a batched matmul;
       ``benchmarks/spectral_scale.py``), and is sliced back at offsets XLA
       cannot fold, so its members share one slice kernel.
+    gram: iterate on each matrix's ``m x m`` Gram matrix ``R = X Xᵀ``
+      (``m <= n``) and apply the product of the steps' polynomials to ``X``
+      once at the end, as Dao-AILab's gram-newton-schulz does: the same
+      iteration in exact arithmetic, ``2m²n + 4m³·steps`` FLOPs instead of
+      ``(2m²n + m³)·steps``, fewer from an aspect ratio ``n/m`` of about 2.
+      In float32 it agrees with the plain form to ~1e-5 over 5 steps; in
+      lower precision the Gram matrix loses accuracy faster (the matrices
+      are cast to float32 or wider here first).
 
   Returns:
     The polar factors, each of its input's shape, in float32 or wider.
@@ -281,9 +327,9 @@ def polar_factors(
       # matmul slower than a loop of plain ones, so loop one compiled body
       # over the group. Groups holding stacked leaves stay batched, as
       # optax's vmap runs them (the loop cost them compile time).
-      res = jax.lax.map(lambda m: newton_schulz(m[None], steps, eps)[0], batch)
+      res = jax.lax.map(lambda m: newton_schulz(m[None], steps, eps, gram)[0], batch)
     else:
-      res = newton_schulz(batch, steps, eps)
+      res = newton_schulz(batch, steps, eps, gram)
     if n_dev > 1:
       res = _constrain(res, mesh, jax.sharding.PartitionSpec())
     if len(members) > 1 and n_dev == 1 and res.size and jax.default_backend() == "cpu":
@@ -386,6 +432,7 @@ def directions(
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     grouped: bool = True,
+    gram: bool = False,
     name: str = "block_normalize",
 ) -> Any:
   """Every block's direction ``d_b`` under its norm (see the module docstring).
@@ -455,7 +502,8 @@ def directions(
         x = _constrain(x, jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec())
       mats.append(jnp.reshape(x, view))
     polars = polar_factors(
-        mats, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, grouped=grouped)
+        mats, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps, grouped=grouped,
+        gram=gram)
     for i, y in zip(mat_idx, polars, strict=True):
       x = leaves[i]
       y = jnp.reshape(y, jnp.shape(x)).astype(jnp.result_type(x))

@@ -118,3 +118,20 @@ def test_committed_full_result_has_the_targets(bench):
   assert data["sharded"]["cases"]["optax_auto"]["collectives"] > 24
   r = {(x["tree"], x["layout"]): x for x in data["results"]}[("kernels150", "separate")]
   assert r["n_matrices"] == 150 and r["shapes"] == ["(128, 128)"]
+
+
+def test_gram_rows(quick_run):
+  # The Gram form's table: both forms timed every repetition, the ratio is
+  # the median of the recorded per-repetition ratios, and the two forms agree.
+  data, out = quick_run
+  rows = data["gram"]
+  assert [r["shape"] for r in rows] == [[2, 32, 128], [2, 64, 64]]
+  for r in rows:
+    g, p = r["step_s"]["gram"], r["step_s"]["plain"]
+    assert len(g) == len(p) == data["meta"]["reps"]
+    assert r["ratio"] == pytest.approx(statistics.median(a / b for a, b in zip(g, p, strict=True)))
+    assert r["max_abs_dev"] < 1e-4
+  # Fewer FLOPs from an aspect ratio of about 2; more for a square matrix.
+  assert rows[0]["flops_gram"] < rows[0]["flops_plain"]
+  assert rows[1]["flops_gram"] > rows[1]["flops_plain"]
+  assert "## Gram form" in (out / "spectral_scale.md").read_text()

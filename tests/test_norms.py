@@ -150,8 +150,10 @@ def test_rms_gives_unit_rms_per_block():
                                rtol=1e-5)
 
 
-def test_spectral_converges_to_svd_polar_factor():
-  """The converging iteration reaches U Vᵀ of every matrix (and slice)."""
+@pytest.mark.parametrize("gram", [False, True])
+def test_spectral_converges_to_svd_polar_factor(gram):
+  """The converging iteration reaches U Vᵀ of every matrix (and slice), in
+  the plain and the Gram form."""
   rng = np.random.default_rng(2)
   # Well-conditioned matrices: singular values in [0.5, 2] before scaling.
   def cond(*shape):
@@ -172,7 +174,8 @@ def test_spectral_converges_to_svd_polar_factor():
       "conv": {"kernel": jnp.reshape(cond(12, 5), (2, 2, 3, 5))},
       "layers": {"kernel": cond(3, 4, 7)},
   }
-  tx = normopt.block_normalize(blocks="leaf", norm="spectral", stacked=SPEC, **CONVERGING)
+  tx = normopt.block_normalize(blocks="leaf", norm="spectral", stacked=SPEC, gram=gram,
+                               **CONVERGING)
   got = jax.jit(tx.update)(g, tx.init(g))[0]
   dev = 0.0
   for (p, x), k in zip(jax.tree_util.tree_flatten_with_path(got)[0],
@@ -233,6 +236,28 @@ def test_group_of_separate_matrices_matches_numpy(preset):
   for k, x in g.items():
     np.testing.assert_allclose(np.asarray(got[k], np.float64), _np_ns(x, coeffs, 5, 1e-8),
                                atol=5e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("preset", ["muon", "dion"])
+def test_gram_form_matches_numpy_iteration(preset):
+  # The Gram form is the plain iteration rearranged: against the float64
+  # plain iteration, for wide and tall matrices, a zero one, a group of
+  # separate ones and a traced step count (optax.inject_hyperparams).
+  rng = np.random.default_rng(8)
+  mats = [rng.normal(size=(3, 16, 40)), rng.normal(size=(1, 40, 16)),
+          rng.normal(size=(1, 16, 40)), np.zeros((2, 5, 9))]
+  mats = [jnp.asarray(m, jnp.float32) for m in mats]
+  coeffs = normopt.norms.NS_PRESETS[preset]
+  got = jax.jit(lambda ms: normopt.polar_factors(ms, ns_coeffs=coeffs, eps=1e-8, gram=True))(mats)
+  for x, y in zip(mats, got, strict=True):
+    want = np.stack([_np_ns(m, coeffs, 5, 1e-8) for m in np.asarray(x)])
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=5e-6)
+  muon = normopt.norms.NS_PRESETS["muon"]
+  traced = jax.jit(lambda ms, k: normopt.polar_factors(
+      ms, ns_steps=k, ns_coeffs=muon, eps=1e-8, gram=True))
+  y = traced(mats[:1], jnp.asarray(5))[0]
+  want = np.stack([_np_ns(m, muon, 5, 1e-8) for m in np.asarray(mats[0])])
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=5e-6)
 
 
 def _distinct_kernels(compiled_text):
