@@ -187,6 +187,7 @@ def muon(
     eps: float = 1e-8,
     nesterov: bool = True,
     grouped: bool = True,
+    gram: bool = False,
     muon_mask: Any = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -225,6 +226,10 @@ def muon(
       ``optax.contrib.muon``).
     nesterov: Nesterov momentum (Muon's and Adam's, as optax's Muon).
     grouped: group the Newton–Schulz over matrices of equal shape.
+    gram: run the Newton–Schulz in its Gram form (see
+      :func:`normopt.polar_factors`): the same iteration, cheaper on
+      rectangular matrices (about 0.6x the time on ``d × 4d`` MLP kernels),
+      dearer on square ones.
     muon_mask: ``None`` (matrices) or a pytree prefix of bools / a callable
       ``params -> such a tree`` choosing the Muon leaves (e.g. to leave an
       embedding table to Adam).
@@ -271,6 +276,7 @@ def muon(
       block_normalize(
           blocks="leaf", eps=eps, stacked=stacked, norm="spectral",
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped,
+          gram=gram,
       ),
       scale_by_width(stacked=stacked),
       decay(weight_decay, weight_decay_mask),

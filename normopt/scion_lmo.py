@@ -165,6 +165,7 @@ def scion_directions(
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     grouped: bool = True,
+    gram: bool = False,
 ) -> Any:
   """``radius · lmo(x)`` for every leaf ``x`` of ``tree``, each in its dtype.
 
@@ -184,7 +185,7 @@ def scion_directions(
     factors = directions(
         [xs[i] for i in idx], norm="spectral", blocks="leaf",
         stacked=[counts[i] for i in idx], eps=eps, ns_steps=ns_steps,
-        ns_coeffs=ns_coeffs, grouped=grouped, name="scion")
+        ns_coeffs=ns_coeffs, grouped=grouped, gram=gram, name="scion")
     for i, f in zip(idx, factors, strict=True):
       polar[i] = f
   out = []
@@ -212,6 +213,7 @@ def scale_by_scion(
     eps: Any = 1e-8,
     mu_dtype: Any = None,
     grouped: bool = True,
+    gram: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion's direction: momentum, then ``radius · lmo`` per leaf.
 
@@ -244,6 +246,9 @@ def scale_by_scion(
     grouped: orthogonalize the spectral leaves' matrices of equal shape
       together (see :func:`normopt.polar_factors`); ``False`` runs one
       program per leaf. The result is the same.
+    gram: run the spectral LMOs' Newton–Schulz in its Gram form (see
+      :func:`normopt.polar_factors`): the same iteration, cheaper for
+      rectangular matrices (a ``d × 4d`` MLP kernel), dearer for square ones.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``optax.inject_hyperparams``
@@ -280,7 +285,7 @@ def scale_by_scion(
         lambda g, m: (momentum * g + (1 - momentum) * m).astype(m.dtype), updates, state.d)
     u = scion_directions(
         d, norms=norms, radius=radius, stacked=stacked, eps=eps,
-        ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped)
+        ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped, gram=gram)
     u = jax.tree.map(lambda x, g: x.astype(jnp.result_type(g)), u, updates)
     return u, ScaleByScionState(count=optax.safe_increment(state.count), d=d)
 
@@ -315,6 +320,7 @@ def scion(
     eps: Any = 1e-8,
     mu_dtype: Any = None,
     grouped: bool = True,
+    gram: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: momentum, a per-layer norm's LMO, and an (un)constrained step.
 
@@ -354,6 +360,7 @@ def scion(
     mu_dtype: optional dtype of the momentum.
     grouped: orthogonalize matrices of equal shape together (the result
       is the same).
+    gram: the Gram form of the Newton–Schulz (see :func:`scale_by_scion`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -381,7 +388,8 @@ def scion(
   """
   parts = [scale_by_scion(
       momentum, norms=norms, radius=radius, stacked=stacked, ns_steps=ns_steps,
-      ns_coeffs=ns_coeffs, eps=eps, mu_dtype=mu_dtype, grouped=grouped)]
+      ns_coeffs=ns_coeffs, eps=eps, mu_dtype=mu_dtype, grouped=grouped,
+      gram=gram)]
   if constrained:
     parts.append(_add_params())
   decay = decayed_weights(weight_decay, weight_decay_mask)

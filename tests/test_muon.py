@@ -36,13 +36,19 @@ DIMS = {
 }
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_muon_recipe_equals_optax_muon(nesterov):
+@pytest.mark.parametrize("nesterov,gram", [(True, False), (False, False), (True, True)],
+                         ids=["nesterov", "plain", "nesterov-gram"])
+def test_muon_recipe_equals_optax_muon(nesterov, gram):
+  """``gram=True`` (the Gram-form Newton–Schulz) equals optax's plain form
+  too, the same iteration: to float32 roundoff on the rectangular matrices,
+  and to the Gram form's larger roundoff on the square 8 x 8 ones (the
+  Gram matrix squares their condition number; see ``polar_factors``)."""
+  tol = 1e-4 if gram else 1e-5
   rng = np.random.default_rng(0)
   params = _params(rng)
   kw = dict(beta=0.9, nesterov=nesterov, weight_decay=0.01)
   ref = optax.contrib.muon(0.02, muon_weight_dimension_numbers=DIMS, **kw)
-  ours = normopt.muon(0.02, stacked=normopt.stacked_under("layers"), **kw)
+  ours = normopt.muon(0.02, stacked=normopt.stacked_under("layers"), gram=gram, **kw)
   step_ref, step_ours = jax.jit(ref.update), jax.jit(ours.update)
   s_ref, s_ours = ref.init(params), ours.init(params)
   worst = 0.0
@@ -50,12 +56,13 @@ def test_muon_recipe_equals_optax_muon(nesterov):
     g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
     u_ref, s_ref = step_ref(g, s_ref, params)
     u_ours, s_ours = step_ours(g, s_ours, params)
-    chex.assert_trees_all_close(u_ours, u_ref, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(u_ours, u_ref, rtol=tol, atol=tol * 1e-2)
     pairs = zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref), strict=True)
     worst = max(worst, max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
                            for a, b in pairs))
     params = optax.apply_updates(params, u_ours)
-  assert worst < 1e-5, worst
+  print(f"worst relative deviation from optax's Muon: {worst:.1e}")
+  assert worst < tol, worst
 
 
 def test_muon_grouped_equals_per_leaf_and_unstacked_slices():

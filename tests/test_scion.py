@@ -247,6 +247,25 @@ def test_grouping_changes_nothing_but_the_program():
   assert dots_single == 5 * dots_grouped
 
 
+def test_gram_form_equals_plain_form():
+  """``gram=True`` runs another program (the Gram form) with the same result,
+  on wide, tall and stacked matrices and a conv kernel."""
+  rng = np.random.default_rng(6)
+  g = _f32({"wide": rng.normal(size=(6, 24)), "tall": rng.normal(size=(24, 6)),
+            "layers": rng.normal(size=(2, 8, 32)), "conv": rng.normal(size=(3, 3, 2, 4)),
+            "bias": rng.normal(size=6)})
+  stacked = normopt.stacked_under("layers")
+
+  def run(gram):
+    tx = normopt.scion(0.1, stacked=stacked, gram=gram, constrained=False)
+    fn = lambda g, s: tx.update(g, s)[0]  # noqa: E731
+    return jax.jit(fn)(g, tx.init(g)), str(jax.make_jaxpr(fn)(g, tx.init(g)))
+
+  (u_gram, jaxpr_gram), (u_plain, jaxpr_plain) = run(True), run(False)
+  assert jaxpr_gram != jaxpr_plain
+  chex.assert_trees_all_close(u_gram, u_plain, atol=1e-6, rtol=1e-5)
+
+
 def test_bad_norms_raise_naming_them():
   g = {"b": jnp.ones(3), "w": jnp.ones((3, 2))}
   with pytest.raises(ValueError, match="'frobenius'"):
