@@ -25,6 +25,11 @@ LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 # at once: LLVM -O0 with the older emitters miscompiles (Scion's
 # spectral_conv LMO off by 6e-4 instead of 6e-9).
 CHECK_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Per-program compiler options (``jax.jit(..., compiler_options=...)``) of a
+# compile-bound program in this session's processes: LLVM -O0, always with the
+# current fusion emitters, whatever XLA_FLAGS hold (the same pair as
+# benchmarks/_common.QUICK_CHEAP_COMPILE_OPTIONS; tests do not import benchmarks/).
+CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": True}
 _PROBED = "NORMOPT_TEST_XLA_FLAGS"  # the probe's answer, for child processes
 
 

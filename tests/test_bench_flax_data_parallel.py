@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from subproc import CHECK_XLA
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"
 
@@ -13,7 +15,7 @@ SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"
 def test_quick_pmap_and_sharded_jit_match(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   # the script sets its own 8-device XLA flag; compile faster here.
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  env["XLA_FLAGS"] = CHECK_XLA
   proc = subprocess.run(
       [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,

@@ -38,6 +38,7 @@ import optax
 import pytest
 
 import normopt
+from subproc import CHEAP_COMPILE_OPTIONS
 
 L = 4  # scanned layers
 D_IN, D, C = 6, 16, 5  # input features, width, classes
@@ -52,10 +53,7 @@ SPEC = normopt.stacked_under("layers")
 # fast; compiling dominates this file's time, and both twins get the same.
 # Always with the current fusion emitters: -O0 with the older ones, which
 # this session's XLA_FLAGS select (tests/subproc.py), miscompiles.
-_jit = functools.partial(
-    jax.jit,
-    compiler_options={"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": True},
-)
+_jit = functools.partial(jax.jit, compiler_options=CHEAP_COMPILE_OPTIONS)
 
 
 def _batch():
