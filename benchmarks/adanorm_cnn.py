@@ -173,24 +173,22 @@ def tune(name, model, sel_data, epochs, grid, max_widen, pad_widening=False,
   The first call trains the whole grid x the selection seeds in one
   ``jit(vmap)``; a widening step trains its one step size in a second
   program, or, with ``pad_widening`` (``--quick``, where compiling costs
-  more than the runs), pads itself to the grid's batch to reuse the first.
+  more than the runs), is padded to the grid's pairs (``pairs_per_call``)
+  to reuse the first.
   ``compiler_options``: ``jax.jit``'s (``--quick``:
   ``_common.QUICK_COMPILER_OPTIONS``), here and in :func:`final_runs`.
   """
   steps = sel_data.x_train.shape[0] // BATCH
+  per_call = len(grid) * len(_common.SELECT_SEEDS) if pad_widening else None
   run = _common.make_flax_vmapped_run(
       model, make_factory(name, epochs * steps), sel_data, BATCH, epochs,
       step_metrics=train_loss_only, evaluate=loss_and_accuracy,
-      compiler_options=compiler_options)
-  width = len(grid)
+      pairs_per_call=per_call, compiler_options=compiler_options)
   seconds = []
 
   def evaluate(lrs, seeds):
-    padded = list(lrs)
-    if pad_widening:
-      padded += [lrs[-1]] * (width - len(lrs))
     with _fast_init_rng():
-      out = run(seeds, lrs=padded)
+      out = run(seeds, lrs=list(lrs))
     seconds.append(out.seconds)
     if bar is not None:
       bar.update(len(lrs))
@@ -361,9 +359,7 @@ def main(argv=None):
   names = [p + s for p in pairs for s in ("", "Norm")]
   grid = _common.log_grid(LR_CENTER)
   max_widen = 3
-  data = _common.load_digits(images=True)
-  sel_data = _common.selection_split(
-      _common.load_digits(images=True, val_fraction=_common.VAL_FRACTION))
+  data, sel_data = _common.tuning_data(images=True)
   model = CNN(width=width)
   fast = _common.QUICK_COMPILER_OPTIONS if args.quick else None
 

@@ -245,9 +245,7 @@ def make_claims(finals, models):
 
 
 def run(cfg, quiet=False):
-  select_data = _common.selection_split(
-      _common.load_digits(val_fraction=_common.VAL_FRACTION))
-  data = _common.load_digits()
+  data, select_data = _common.tuning_data()
   opts = methods(cfg["steps"])
   jobs = [(m, name) for m in cfg["models"] for name in METHODS]
   tuning, selection, results, finals = {}, {}, {}, {}
