@@ -229,6 +229,12 @@ def test_stacked_equals_unrolled(norm):
           jax.tree.map(lambda x, i=i: x[i], sub), u_u[f"{name}{i}"], atol=1e-6, rtol=1e-6)
 
 
+def _update_and_jaxpr(tx, g):
+  """``tx``'s first update of ``g`` under ``jit``, and its jaxpr as text."""
+  fn = lambda g, s: tx.update(g, s)[0]  # noqa: E731
+  return jax.jit(fn)(g, tx.init(g)), str(jax.make_jaxpr(fn)(g, tx.init(g)))
+
+
 def test_grouping_changes_nothing_but_the_program():
   rng = np.random.default_rng(5)
   g = _f32({f"k{i}": rng.normal(size=(4, 4)) for i in range(3)}
@@ -236,10 +242,8 @@ def test_grouping_changes_nothing_but_the_program():
   stacked = normopt.stacked_under("layers")
 
   def run(grouped):
-    tx = normopt.scale_by_scion(0.5, stacked=stacked, grouped=grouped)
-    fn = lambda g, s: tx.update(g, s)[0]  # noqa: E731
-    n_dots = str(jax.make_jaxpr(fn)(g, tx.init(g))).count("dot_general")
-    return jax.jit(fn)(g, tx.init(g)), n_dots
+    u, jaxpr = _update_and_jaxpr(normopt.scale_by_scion(0.5, stacked=stacked, grouped=grouped), g)
+    return u, jaxpr.count("dot_general")
 
   (u_grouped, dots_grouped), (u_single, dots_single) = run(True), run(False)
   chex.assert_trees_all_close(u_grouped, u_single, atol=1e-6, rtol=1e-6)
@@ -257,9 +261,7 @@ def test_gram_form_equals_plain_form():
   stacked = normopt.stacked_under("layers")
 
   def run(gram):
-    tx = normopt.scion(0.1, stacked=stacked, gram=gram, constrained=False)
-    fn = lambda g, s: tx.update(g, s)[0]  # noqa: E731
-    return jax.jit(fn)(g, tx.init(g)), str(jax.make_jaxpr(fn)(g, tx.init(g)))
+    return _update_and_jaxpr(normopt.scion(0.1, stacked=stacked, gram=gram, constrained=False), g)
 
   (u_gram, jaxpr_gram), (u_plain, jaxpr_plain) = run(True), run(False)
   assert jaxpr_gram != jaxpr_plain
