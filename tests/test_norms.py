@@ -21,7 +21,7 @@ import pytest
 import normopt
 import np_ref
 
-CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=60)
+CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=20)
 SPEC = normopt.stacked_under("layers")
 
 

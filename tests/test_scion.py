@@ -18,7 +18,7 @@ import pytest
 import normopt
 from normopt.scion_lmo import LMOS
 
-CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=30)
+CONVERGING = dict(ns_coeffs=(1.5, -0.5, 0.0), ns_steps=20)
 EPS = 1e-8
 
 
