@@ -161,11 +161,11 @@ def _stack_configs(lrs, seeds):
 #: of the vmapped runs below): optimization level 2 without LLVM's
 #: expensive passes. A quick run is a few compiles and seconds of running
 #: them; at the cheap-compile levels the test suite runs under (``XLA_FLAGS``,
-#: tests/subproc.py) a scanned, vmapped CNN step runs slower (at level 0 ~10x:
-#: 2 s instead of 0.2 s per (step size, seed) pair of bng_cnn's quick run), at XLA's default level 3
-#: it compiles ~3x longer (bng_lstm's quick run: 22 s instead of 13 s). Set
-#: per program, it holds whatever ``XLA_FLAGS`` the caller runs under. Full
-#: runs keep XLA's defaults.
+#: tests/subproc.py) a scanned, vmapped CNN step runs slower (at level 0
+#: ~10x: 2 s instead of 0.2 s per (step size, seed) pair of bng_cnn's quick
+#: run), at XLA's default level 3 it compiles ~3x longer (bng_lstm's quick
+#: run: 22 s instead of 13 s). Set per program, it holds whatever
+#: ``XLA_FLAGS`` the caller runs under. Full runs keep XLA's defaults.
 QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2,
                           "xla_llvm_disable_expensive_passes": True}
 

@@ -17,8 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # than the current ones (an AdaNorm update: 0.41 s at LLVM -O0 with the
 # current emitters, 0.16 s with these; the conformance and normalization
 # suites 122 s -> 63 s), LLVM at -O1 (the conformance suite alone: 46 s at
-# XLA's default level, 37 s at -O1; the whole suite 421 s -> 335 s on two
-# cores), and without LLVM's expensive passes.
+# XLA's default level, 37 s at -O1; the whole suite, back to back on two
+# cores, 458 s -> 373 s in a checkout and 466 s -> 434-451 s in fresh-clone
+# CI runs), and without LLVM's expensive passes.
 FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=1"
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 # The check scripts compile a few large programs (dozens of methods each),
