@@ -108,7 +108,7 @@ def layer_key(path: Sequence[Any]) -> tuple[Any, ...]:
   return strip_wrapper_keys(path)[:-1]
 
 
-def _key_name(key: Any) -> Any:
+def key_name(key: Any) -> Any:
   """What a path entry names: a dict key, an attribute name or an index."""
   for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
@@ -155,7 +155,7 @@ def stacked_under(*names: Hashable, axes: int = 1) -> Callable[[Any, Any], int]:
 
   def stacked(path: Any, leaf: Any) -> int:
     del leaf
-    return int(axes) if any(_key_name(k) in wanted for k in path) else 0
+    return int(axes) if any(key_name(k) in wanted for k in path) else 0
 
   return stacked
 
