@@ -27,6 +27,10 @@ from normopt.blocks import block_partition
 from normopt.blocks import BlockSpec
 from normopt.blocks import stacked_under
 from normopt.blocks import StackedSpec
+from normopt.layouts import Layouts
+from normopt.layouts import layouts_from_shapes
+from normopt.layouts import param_layouts
+from normopt.layouts import ParamLayout
 from normopt.muon_recipe import muon
 from normopt.muon_recipe import scale_by_muon_momentum
 from normopt.muon_recipe import scale_by_width
@@ -57,7 +61,9 @@ __all__ = (
     "AdaNormState",
     "BlockSpec",
     "NDAdamState",
+    "Layouts",
     "NormSpec",
+    "ParamLayout",
     "ScaleByAdaNormState",
     "ScaleByAdagradBNGState",
     "ScaleByDiffGradState",
@@ -80,12 +86,14 @@ __all__ = (
     "clip_block_norm",
     "diffgrad",
     "diffgrad_norm",
+    "layouts_from_shapes",
     "losses",
     "muon",
     "nd_adam",
     "nd_adam_transform",
     "ngadap_scale",
     "normalize_vectors",
+    "param_layouts",
     "polar_factors",
     "radam_norm",
     "s_sngd",

@@ -54,6 +54,7 @@ from normopt.blocks import BlockSpec
 from normopt.blocks import check_blocks
 from normopt.blocks import NORM_SCALE
 from normopt.blocks import StackedSpec
+from normopt.blocks import with_layout
 
 Kind = Literal["adam", "diffgrad", "radam", "adabelief"]
 KINDS = get_args(Kind)
@@ -258,6 +259,7 @@ def adanorm_rescale(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaNorm gradient-norm correction: lifts small gradients to their EMA norm.
 
@@ -288,6 +290,9 @@ def adanorm_rescale(
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`); ``e`` has one entry
       per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`AdaNormState`
@@ -306,6 +311,7 @@ def adanorm_rescale(
     Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
+  stacked = with_layout(stacked, layout)
   check_blocks(blocks, "adanorm_rescale")
 
   def init_fn(params):
@@ -338,6 +344,7 @@ def scale_by_adanorm_moments(
     residual_uses_corrected: bool = False,
     blocks: BlockSpec = "leaf",
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -383,6 +390,9 @@ def scale_by_adanorm_moments(
     blocks: AdaNorm blocks (default ``"leaf"``, see :mod:`normopt.blocks`).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
 
@@ -407,6 +417,7 @@ def scale_by_adanorm_moments(
     Dubey et al., `AdaNorm: Adaptive Gradient Norm Correction based Optimizer
     for CNNs <https://arxiv.org/abs/2210.06364>`_, WACV 2023.
   """
+  stacked = with_layout(stacked, layout)
   if kind not in KINDS:
     raise ValueError(
         f"scale_by_adanorm_moments: kind must be one of {KINDS}, got {kind!r}."

@@ -60,6 +60,7 @@ def sgd_ng(
     blocks: BlockSpec = "layer",
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -82,6 +83,9 @@ def sgd_ng(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -117,7 +121,7 @@ def sgd_ng(
   """
   return optax.chain(
       block_normalize(
-          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked, layout=layout,
           norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
       *_sgdm(learning_rate, momentum, nesterov, weight_decay, weight_decay_mask),
@@ -132,6 +136,7 @@ def adam_ng(
     blocks: BlockSpec = "layer",
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -156,6 +161,9 @@ def adam_ng(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -191,7 +199,7 @@ def adam_ng(
   """
   return optax.chain(
       block_normalize(
-          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked, layout=layout,
           norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
       *_adam(
@@ -207,6 +215,7 @@ def adagrad_ng(
     blocks: BlockSpec = "layer",
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -229,6 +238,9 @@ def adagrad_ng(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -261,7 +273,7 @@ def adagrad_ng(
   """
   return optax.chain(
       block_normalize(
-          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked
+          blocks=blocks, eps=eps_norm, axis_name=axis_name, stacked=stacked, layout=layout
       ),
       optax.scale_by_rss(
           initial_accumulator_value=initial_accumulator_value, eps=eps
@@ -278,6 +290,7 @@ def sgd_ngadap(
     alpha: float = 0.02,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -302,6 +315,9 @@ def sgd_ngadap(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient block norms below this divide by it.
     min_param_norm: floor on the parameter norm (0: the paper's rule; an
       ablation otherwise).
@@ -337,7 +353,7 @@ def sgd_ngadap(
   return optax.chain(
       ngadap_scale(
           alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
-          stacked=stacked, min_param_norm=min_param_norm,
+          stacked=stacked, layout=layout, min_param_norm=min_param_norm,
       ),
       *_sgdm(learning_rate, momentum, nesterov, weight_decay, weight_decay_mask),
   )
@@ -352,6 +368,7 @@ def adam_ngadap(
     alpha: float = 0.02,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -378,6 +395,9 @@ def adam_ngadap(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient block norms below this divide by it.
     min_param_norm: floor on the parameter norm (0: the paper's rule; an
       ablation otherwise).
@@ -413,7 +433,7 @@ def adam_ngadap(
   return optax.chain(
       ngadap_scale(
           alpha=alpha, blocks=blocks, eps=eps_norm, axis_name=axis_name,
-          stacked=stacked, min_param_norm=min_param_norm,
+          stacked=stacked, layout=layout, min_param_norm=min_param_norm,
       ),
       *_adam(
           learning_rate, b1, b2, eps, mu_dtype, weight_decay, weight_decay_mask
@@ -427,6 +447,7 @@ def adagrad_bng(
     blocks: BlockSpec = "layer",
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -445,6 +466,9 @@ def adagrad_bng(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: block norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -478,7 +502,7 @@ def adagrad_bng(
   return optax.chain(
       scale_by_adagrad_bng(
           delta=delta, blocks=blocks, eps=eps_norm, axis_name=axis_name,
-          stacked=stacked,
+          stacked=stacked, layout=layout,
       ),
       *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
   )
@@ -488,6 +512,7 @@ def sngd(
     learning_rate: ScalarOrSchedule,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -502,6 +527,9 @@ def sngd(
     learning_rate: step size ``η`` (float or ``optax.Schedule``).
     stacked: accepted for a uniform signature: the global norm spans every
       slice of a stacked leaf, so stacking does not change it.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -532,7 +560,7 @@ def sngd(
   """
   return optax.chain(
       block_normalize(
-          blocks="global", eps=eps_norm, axis_name=axis_name, stacked=stacked,
+          blocks="global", eps=eps_norm, axis_name=axis_name, stacked=stacked, layout=layout,
           norm=norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
       ),
       *_decay_then_lr(learning_rate, weight_decay, weight_decay_mask),
@@ -544,6 +572,7 @@ def s_sngd(
     stage_length: float,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -555,6 +584,9 @@ def s_sngd(
     learning_rates: the stage step sizes ``α_t`` (decreasing).
     stage_length: ``S``; stage ``t`` lasts ``ceil(S / α_t)`` steps.
     stacked: as :func:`sngd` (the global norm is unchanged by stacking).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: global norms below this divide by it.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -587,7 +619,7 @@ def s_sngd(
   """
   return sngd(
       stagewise_schedule(learning_rates, stage_length),
-      stacked=stacked,
+      stacked=stacked, layout=layout,
       eps_norm=eps_norm,
       axis_name=axis_name,
       weight_decay=weight_decay,
@@ -604,6 +636,7 @@ def nd_adam(
     vector_axes: VectorAxes = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mask: Any = None,
@@ -646,6 +679,9 @@ def nd_adam(
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
       The default vectors of a stacked leaf are those of each slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     axis_name: mapped axis across which the vectors are sharded.
     mu_dtype: optional dtype of the first moment.
     weight_decay: decoupled weight decay ``λ`` (float or schedule) of the
@@ -685,7 +721,7 @@ def nd_adam(
   return nd_adam_transform(
       learning_rate_vector=learning_rate_vector,
       learning_rate_scalar=learning_rate_scalar, b1=b1, b2=b2, eps=eps,
-      vector_axes=vector_axes, stacked=stacked, axis_name=axis_name,
+      vector_axes=vector_axes, stacked=stacked, layout=layout, axis_name=axis_name,
       weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
       mu_dtype=mu_dtype,
   )
@@ -709,6 +745,7 @@ def adam_norm(
     gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -735,6 +772,9 @@ def adam_norm(
     blocks: AdaNorm blocks (default ``"leaf"``: one ``e`` per tensor).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -768,7 +808,7 @@ def adam_norm(
       "adam", learning_rate, weight_decay, weight_decay_mask,
       gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov, blocks=blocks,
-      stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,
+      stacked=stacked, layout=layout, eps_norm=eps_norm, axis_name=axis_name,
   )
 
 
@@ -779,6 +819,7 @@ def diffgrad(
     eps: float = 1e-8,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
@@ -794,6 +835,9 @@ def diffgrad(
     eps_root: added inside the square root.
     stacked: accepted for a uniform signature: diffGrad is element-wise, so a
       stacked leaf already behaves as its unrolled slices.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     mu_dtype: optional dtype of the first moment.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
       is ``−η(d + λw)`` for the direction ``d`` above, as in ``optax.adamw``;
@@ -840,6 +884,7 @@ def diffgrad_norm(
     gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -864,6 +909,9 @@ def diffgrad_norm(
     blocks: AdaNorm blocks (default ``"leaf"``).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -893,7 +941,7 @@ def diffgrad_norm(
   return _adanorm_alias(
       "diffgrad", learning_rate, weight_decay, weight_decay_mask,
       gamma=gamma, b1=b1, b2=b2, eps=eps,
-      eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, stacked=stacked,
+      eps_root=eps_root, mu_dtype=mu_dtype, blocks=blocks, stacked=stacked, layout=layout,
       eps_norm=eps_norm, axis_name=axis_name,
   )
 
@@ -907,6 +955,7 @@ def radam_norm(
     gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -935,6 +984,9 @@ def radam_norm(
     blocks: AdaNorm blocks (default ``"leaf"``).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -968,7 +1020,7 @@ def radam_norm(
       "radam", learning_rate, weight_decay, weight_decay_mask,
       gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, threshold=threshold, mu_dtype=mu_dtype,
-      nesterov=nesterov, blocks=blocks, stacked=stacked, eps_norm=eps_norm,
+      nesterov=nesterov, blocks=blocks, stacked=stacked, layout=layout, eps_norm=eps_norm,
       axis_name=axis_name,
   )
 
@@ -982,6 +1034,7 @@ def adabelief_norm(
     gamma: float = 0.95,
     blocks: BlockSpec = "leaf",
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps_norm: float = 1e-12,
     axis_name: str | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -1012,6 +1065,9 @@ def adabelief_norm(
     blocks: AdaNorm blocks (default ``"leaf"``).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); ``e`` has one entry per slice.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     eps_norm: gradient norms below this divide by it in the correction.
     axis_name: mapped axis across which leaves are sharded.
     weight_decay: decoupled weight decay ``λ`` (float or schedule): the step
@@ -1046,5 +1102,5 @@ def adabelief_norm(
       gamma=gamma, b1=b1, b2=b2, eps=eps,
       eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov,
       residual_uses_corrected=residual_uses_corrected, blocks=blocks,
-      stacked=stacked, eps_norm=eps_norm, axis_name=axis_name,
+      stacked=stacked, layout=layout, eps_norm=eps_norm, axis_name=axis_name,
   )

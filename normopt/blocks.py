@@ -11,10 +11,12 @@ and ``axis_name=``:
                and ``bias``). Trailing wrapper keys that are not module names
                (an NNX variable's ``.value``) are skipped when finding it.
 ``"global"``   the whole pytree (SNGD)
-``"unit"``     one output unit: a leaf of ``ndim >= 2`` is split into vectors
-               over all axes but the last (Dense ``(in, out)`` reduces axis 0,
-               Conv HWIO reduces ``(0, 1, 2)``); a leaf of ``ndim < 2`` is one
-               block
+``"unit"``     one output unit of the leaf's layout (:mod:`normopt.layouts`):
+               a vector over its reduction axes. By default (the shape rule)
+               a leaf of ``ndim >= 2`` is split into vectors over all axes
+               but the last (Dense ``(in, out)`` reduces axis 0, Conv HWIO
+               reduces ``(0, 1, 2)``); a leaf of ``ndim < 2``, or one named
+               ``bias`` or ``scale``, is one block
 callable       ``(path, leaf) -> hashable``: leaves with equal keys form one
                block
 =============  ==============================================================
@@ -49,9 +51,15 @@ it. The psum covers every leaf of the call: a leaf that is *replicated*
 rather than split would be counted once per shard, so give such leaves their
 own ``optax.partition`` group without ``axis_name``.
 
+``layout``: per-leaf :class:`normopt.ParamLayout`s (``normopt.param_layouts(
+model, x)``, a callable or a pytree prefix): their stacked axes stand for
+``stacked`` (the two must agree when both are given), and ``"unit"`` blocks
+are the layouts' output units (a per-head attention kernel's unit is one
+head's output).
+
 ``optax.inject_hyperparams`` treats every callable argument as a schedule:
 with a callable ``blocks`` or ``stacked``, list it in
-``static_args=("blocks", "stacked")``.
+``static_args=("blocks", "stacked", "layout")``.
 """
 
 from __future__ import annotations
@@ -201,12 +209,56 @@ def _stack_counts(tree, paths, leaves, stacked, name):
   return counts
 
 
+class WithLayout:
+  """``stacked=`` and ``layout=`` of a public function, carried as one spec.
+
+  The internals pass ``stacked`` around; a public function that takes both
+  wraps them once (:func:`with_layout`), and :func:`flatten_stacked` and
+  :func:`flatten_layouts` read the stacked axes and layouts from it.
+  """
+
+  def __init__(self, stacked: StackedSpec, layout: Any):
+    self.stacked = stacked
+    self.layout = layout
+
+
+def with_layout(stacked: StackedSpec, layout: Any) -> Any:
+  """``stacked`` itself, or both wrapped when a ``layout`` is given."""
+  if layout is None:
+    return stacked
+  if isinstance(stacked, WithLayout):
+    raise ValueError("layout= given twice.")
+  return WithLayout(stacked, layout)
+
+
 def flatten_stacked(tree: Any, stacked: StackedSpec, name: str):
   """Flattens ``tree``: ``(paths, leaves, stacked axes per leaf, treedef)``."""
+  if isinstance(stacked, WithLayout):
+    paths, leaves, counts, _, treedef = flatten_layouts(tree, stacked, None, "unit", name)
+    return paths, leaves, counts, treedef
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
   paths = [p for p, _ in flat]
   leaves = [x for _, x in flat]
   return paths, leaves, _stack_counts(tree, paths, leaves, stacked, name), treedef
+
+
+def flatten_layouts(tree: Any, stacked: StackedSpec, layout: Any, blocks: Any, name: str):
+  """:func:`flatten_stacked` that also resolves ``layout=`` when it matters.
+
+  Returns ``(paths, leaves, counts, layouts, treedef)``; ``layouts`` is None
+  when neither ``layout`` nor ``"unit"`` blocks need them (the stacked axes
+  then come from ``stacked`` alone).
+  """
+  if isinstance(stacked, WithLayout):
+    if layout is not None:
+      raise ValueError(f"{name}: layout= given twice.")
+    stacked, layout = stacked.stacked, stacked.layout
+  if layout is None and blocks != "unit":
+    paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
+    return paths, leaves, counts, None, treedef
+  from normopt.layouts import resolve_layouts  # layouts imports this module
+
+  return resolve_layouts(tree, layout, stacked, name)
 
 
 def unit_axes(leaf: Any, stacked: int = 0) -> tuple[int, ...] | None:
@@ -221,7 +273,7 @@ def unit_axes(leaf: Any, stacked: int = 0) -> tuple[int, ...] | None:
   return tuple(range(stacked, ndim - 1))
 
 
-def _leaf_partition(paths, leaves, counts, blocks):
+def _leaf_partition(paths, leaves, counts, blocks, layouts=None):
   """Per leaf: (block key, reduced axes, keepdims, stacked axes)."""
   out: list[tuple[Any, tuple[int, ...], bool, int]] = []
   for i, (path, leaf, k) in enumerate(zip(paths, leaves, counts, strict=True)):
@@ -236,7 +288,7 @@ def _leaf_partition(paths, leaves, counts, blocks):
     elif blocks == "global":
       out.append(("global", tuple(range(ndim)), False, 0))
     elif blocks == "unit":
-      ua = unit_axes(leaf, k)
+      ua = unit_axes(leaf, k) if layouts is None else layouts[i].unit_axes()
       out.append((i, rest, False, k) if ua is None else (i, ua, True, k))
     else:
       raise ValueError(f"unknown blocks mode {blocks!r}")
@@ -248,7 +300,7 @@ def _slice_path(path, idx):
 
 
 def block_partition(
-    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None
+    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None, layout: Any = None
 ) -> dict[Any, list[str]]:
   """Which leaves (or stacked slices) form one block: ``{key: [path, ...]}``.
 
@@ -258,6 +310,8 @@ def block_partition(
     tree: a pytree of arrays (params or gradients).
     blocks: a block mode (see module docstring) or a callable.
     stacked: stacked leading axes per leaf (see module docstring).
+    layout: per-leaf layouts (:mod:`normopt.layouts`): stacked axes, and
+      the output units of ``"unit"`` blocks.
 
   Returns:
     An ordered dict from block key to the ``jax.tree_util.keystr`` paths of the
@@ -284,8 +338,9 @@ def block_partition(
     <https://arxiv.org/abs/1709.04546>`_, 2018 (unit blocks).
   """
   check_blocks(blocks, "block_partition")
-  paths, leaves, counts, _ = flatten_stacked(tree, stacked, "block_partition")
-  parts = _leaf_partition(paths, leaves, counts, blocks)
+  paths, leaves, counts, lay, _ = flatten_layouts(tree, stacked, layout, blocks,
+                                                  "block_partition")
+  parts = _leaf_partition(paths, leaves, counts, blocks, lay)
   _check_group_shapes(paths, leaves, parts, "block_partition")
   out: dict[Any, list[str]] = {}
   for (key, _, _, k), path, leaf in zip(parts, paths, leaves, strict=True):
@@ -404,6 +459,7 @@ def block_norm_map(
     blocks: BlockSpec = "layer",
     stacked: StackedSpec = None,
     axis_name: str | None = None,
+    layout: Any = None,
 ) -> Any:
   """Applies an elementwise ``fn`` to block norms, once per block.
 
@@ -421,6 +477,8 @@ def block_norm_map(
     *others: pytrees with the structure of ``tree``.
     blocks: block mode or callable (see the module docstring).
     stacked: stacked leading axes per leaf (see the module docstring).
+    layout: per-leaf layouts (:mod:`normopt.layouts`): stacked axes, and
+      the output units of ``"unit"`` blocks.
     axis_name: mapped axis across which leaves are sharded.
 
   Returns:
@@ -441,7 +499,7 @@ def block_norm_map(
   """
   return _map_blocks(
       lambda *totals: fn(*[safe_sqrt(t) * NORM_SCALE for t in totals]),
-      tree, others, blocks, stacked, axis_name, "block_norm_map",
+      tree, others, blocks, stacked, axis_name, "block_norm_map", layout,
   )
 
 
@@ -452,6 +510,7 @@ def block_sq_map(
     blocks: BlockSpec = "layer",
     stacked: StackedSpec = None,
     axis_name: str | None = None,
+    layout: Any = None,
 ) -> Any:
   """:func:`block_norm_map` on the sums of squares instead of the norms.
 
@@ -462,17 +521,17 @@ def block_sq_map(
   where the norm first costs a ``sqrt`` and then a division, and XLA keeps
   each such scalar as a kernel of its own per block (see docs/design.md).
   """
-  return _map_blocks(fn, tree, others, blocks, stacked, axis_name, "block_sq_map")
+  return _map_blocks(fn, tree, others, blocks, stacked, axis_name, "block_sq_map", layout)
 
 
-def _map_blocks(fn, tree, others, blocks, stacked, axis_name, name):
+def _map_blocks(fn, tree, others, blocks, stacked, axis_name, name, layout=None):
   """``fn`` of each block's totals (one per tree), laid out per leaf."""
   check_blocks(blocks, name)
-  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
+  paths, leaves, counts, lay, treedef = flatten_layouts(tree, stacked, layout, blocks, name)
   if not leaves:
     return tree
   others_leaves = [treedef.flatten_up_to(o) for o in others]
-  parts = _leaf_partition(paths, leaves, counts, blocks)
+  parts = _leaf_partition(paths, leaves, counts, blocks, lay)
   _check_group_shapes(paths, leaves, parts, name)
   index, totals = _block_totals([leaves, *others_leaves], parts, axis_name)
   per_block = [fn(*[tot[b] for tot in totals]) for b in range(len(totals[0]))]
@@ -497,6 +556,7 @@ def block_norms(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> Any:
   """Euclidean norm of each leaf's block, broadcastable against the leaf.
 
@@ -511,6 +571,8 @@ def block_norms(
     axis_name: a mapped axis (``pmap``/``shard_map``) across which the leaves
       are sharded; partial squared norms are ``psum``-med over it.
     stacked: stacked leading axes per leaf (see the module docstring).
+    layout: per-leaf layouts (:mod:`normopt.layouts`): stacked axes, and
+      the output units of ``"unit"`` blocks.
 
   Returns:
     A pytree with the structure of ``tree``: per leaf, an array of the
@@ -535,7 +597,7 @@ def block_norms(
   """
   check_blocks(blocks, "block_norms")
   return block_norm_map(
-      lambda n: n, tree, blocks=blocks, stacked=stacked, axis_name=axis_name
+      lambda n: n, tree, blocks=blocks, stacked=stacked, axis_name=axis_name, layout=layout
   )
 
 
@@ -561,7 +623,8 @@ def check_same_structure(updates: Any, other: Any, name: str, what: str = "param
 
 
 def leaf_blocks(
-    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None, name: str = "blocks"
+    tree: Any, blocks: BlockSpec = "layer", *, stacked: StackedSpec = None, name: str = "blocks",
+    layout: Any = None,
 ) -> list[tuple[Any, int]]:
   """Per flattened leaf of ``tree``: ``(block key, elements per block)``.
 
@@ -570,8 +633,8 @@ def leaf_blocks(
   of the ``"rms"`` norm. Leaves with equal keys share a block.
   """
   check_blocks(blocks, name)
-  paths, leaves, counts, _ = flatten_stacked(tree, stacked, name)
-  parts = _leaf_partition(paths, leaves, counts, blocks)
+  paths, leaves, counts, lay, _ = flatten_layouts(tree, stacked, layout, blocks, name)
+  parts = _leaf_partition(paths, leaves, counts, blocks, lay)
   _check_group_shapes(paths, leaves, parts, name)
   per_leaf = []
   for leaf, (key, axes, keepdims, k) in zip(leaves, parts, strict=True):

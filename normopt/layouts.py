@@ -145,6 +145,12 @@ class ParamLayout:
       y = jnp.transpose(y, np.argsort(perm))
     return y
 
+  def unit_axes(self) -> tuple[int, ...] | None:
+    """The axes one output unit spans (``blocks="unit"``), or None for a vector."""
+    if self.kind in ("bias", "norm") or not self.reduction or not self.output:
+      return None
+    return self.reduction
+
   def with_kind(self, kind: str, source: str | None = None) -> ParamLayout:
     return dataclasses.replace(self, kind=kind, source=self.source if source is None else source)
 
@@ -617,10 +623,20 @@ def _linen_owners(model, args, kwargs):
       owners[path] = (prev[0], attrs, prev[2], prev[3], prev[4])
     return out
 
-  key = jax.random.key(0)
+  # Array-like inputs (arrays, ShapeDtypeStructs) go in abstractly; the rest
+  # (flags such as deterministic=True) stay Python values.
+  leaves, treedef = jax.tree.flatten((args, kwargs))
+  dyn = [i for i, x in enumerate(leaves) if hasattr(x, "shape") and hasattr(x, "dtype")]
+
+  def init(key, *arrays):
+    full = list(leaves)
+    for i, x in zip(dyn, arrays, strict=True):
+      full[i] = x
+    a, kw = jax.tree.unflatten(treedef, full)
+    return model.init({"params": key, "dropout": key}, *a, **kw)
+
   with nn.intercept_methods(interceptor):
-    variables = jax.eval_shape(
-        lambda: model.init({"params": key, "dropout": key}, *args, **kwargs))
+    variables = jax.eval_shape(init, jax.random.key(0), *[leaves[i] for i in dyn])
   params = variables["params"] if "params" in variables else variables
   return params, owners
 

@@ -31,6 +31,7 @@ Signum (Bernstein et al. 2018) is the same step under the max norm::
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +39,11 @@ import optax
 
 from normopt._numerics import canonical_dtype
 from normopt._numerics import decayed_weights
-from normopt.blocks import flatten_stacked
 from normopt.blocks import per_leaf
 from normopt.blocks import StackedSpec
+from normopt.layouts import resolve_layouts
 from normopt.normalization import block_normalize
 from normopt.norms import DEFAULT_NS_COEFFS
-from normopt.norms import matrix_view
 
 
 class ScaleByMuonMomentumState(NamedTuple):
@@ -113,16 +113,22 @@ def scale_by_muon_momentum(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def scale_by_width(*, stacked: StackedSpec = None) -> optax.GradientTransformationExtraArgs:
+def scale_by_width(
+    *, stacked: StackedSpec = None, layout: Any = None
+) -> optax.GradientTransformationExtraArgs:
   r"""Muon's width scale: each matrix times ``√max(1, fan_out/fan_in)``.
 
-  ``fan_in`` and ``fan_out`` are the rows and columns of each leaf's matrix
-  view (per stacked slice; see :mod:`normopt.norms`); a leaf that is not a
-  matrix passes unchanged.
+  ``fan_in`` and ``fan_out`` are the products of each leaf's reduction and
+  output axes in its layout (:mod:`normopt.layouts`; by default the shape
+  rule: all non-stacked axes but the last are the fan-in); a leaf that is
+  not a matrix (a bias, a norm scale, an ``"unknown"`` leaf) passes
+  unchanged.
 
   Args:
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
+    layout: per-leaf layouts (:func:`normopt.param_layouts`, a callable or
+      a pytree prefix; see :mod:`normopt.layouts`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with empty state.
@@ -141,30 +147,42 @@ def scale_by_width(*, stacked: StackedSpec = None) -> optax.GradientTransformati
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _, leaves, counts, treedef = flatten_stacked(updates, stacked, "scale_by_width")
+    _, leaves, _, lays, treedef = resolve_layouts(updates, layout, stacked, "scale_by_width")
     out = []
-    for x, k in zip(leaves, counts, strict=True):
-      view = matrix_view(jnp.shape(x), k)
-      if view is None:
+    for x, pl in zip(leaves, lays, strict=True):
+      if not pl.is_matrix:
         out.append(x)
         continue
-      scale = max(1.0, view[2] / view[1]) ** 0.5
+      fan_in, fan_out = pl.fans(jnp.shape(x))
+      scale = max(1.0, fan_out / fan_in) ** 0.5
       out.append((x * scale).astype(jnp.result_type(x)))
     return jax.tree_util.tree_unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
-def _muon_labels(stacked, muon_mask):
-  """``params -> tree of "muon"/"adam"``: matrices (per slice) go to Muon."""
+def _muon_labels(stacked, layout, muon_mask):
+  """``params -> tree of "muon"/"adam"``: hidden and conv matrices go to Muon.
+
+  Embeddings, heads, norm scales, biases and ``"unknown"`` leaves go to Adam,
+  the last with one warning naming them.
+  """
+  warned: list[bool] = []
 
   def labels(params):
-    paths, leaves, counts, treedef = flatten_stacked(params, stacked, "muon")
+    paths, leaves, _, lays, treedef = resolve_layouts(params, layout, stacked, "muon")
     if muon_mask is None:
-      chosen = [
-          matrix_view(jnp.shape(x), k) is not None
-          for x, k in zip(leaves, counts, strict=True)
-      ]
+      chosen = [pl.kind in ("hidden", "conv") and pl.is_matrix for pl in lays]
+      unknown = [jax.tree_util.keystr(p) for p, pl in zip(paths, lays, strict=True)
+                 if pl.kind == "unknown"]
+      if unknown and not warned:
+        warned.append(True)
+        warnings.warn(
+            f"muon: no layout says which axes of these {len(unknown)} leaves are their "
+            f"inputs (3 non-stacked axes under the shape rule, or a parameter no known "
+            f"layer owns), so they go to Adam: {', '.join(unknown)}. Give "
+            f"stacked= for scanned layers, or layout=normopt.param_layouts(model, "
+            f"*example_inputs) for attention kernels and Conv1D.", stacklevel=2)
     else:
       mask = muon_mask(params) if callable(muon_mask) else muon_mask
       chosen = per_leaf(mask, params, paths, leaves, "muon", "muon_mask", "bools")
@@ -179,6 +197,7 @@ def muon(
     beta: float = 0.95,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     weight_decay: Any = 0.0,
     weight_decay_mask: Any = None,
     mu_dtype: Any = None,
@@ -197,7 +216,7 @@ def muon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon built from normopt's spectral block direction, Adam for the rest.
 
-  Matrices (every leaf with two or more non-stacked axes, or those
+  Matrices (the ``"hidden"`` and ``"conv"`` leaves of ``layout``, or those
   ``muon_mask`` selects):
 
   .. math::
@@ -217,6 +236,15 @@ def muon(
     beta: momentum decay.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; default :func:`normopt.layouts_from_shapes`):
+      ``"hidden"`` and ``"conv"`` leaves go to Muon, each as its layout's
+      ``(B, fan_in, fan_out)`` matrices (so Flax's attention kernels
+      ``(d, heads, head_dim)`` are the layer's ``d → heads·head_dim`` map, or
+      one matrix per head with ``attention="head"``); ``"embedding"``,
+      ``"head"``, ``"norm"`` and ``"bias"`` leaves go to Adam, and so do
+      ``"unknown"`` ones (a leaf with 3 non-stacked axes under the shape
+      rule), with one warning naming them.
     weight_decay: decoupled weight decay of the Muon leaves.
     weight_decay_mask: mask (pytree prefix of bools or callable) for it.
     mu_dtype: optional dtype of the momentum.
@@ -274,11 +302,11 @@ def muon(
   matrices = optax.chain(
       scale_by_muon_momentum(beta=beta, nesterov=nesterov, mu_dtype=mu_dtype),
       block_normalize(
-          blocks="leaf", eps=eps, stacked=stacked, norm="spectral",
+          blocks="leaf", eps=eps, stacked=stacked, layout=layout, norm="spectral",
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped,
           gram=gram,
       ),
-      scale_by_width(stacked=stacked),
+      scale_by_width(stacked=stacked, layout=layout),
       decay(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -290,5 +318,5 @@ def muon(
       optax.scale_by_learning_rate(adam_learning_rate),
   )
   tx = optax.partition(
-      {"muon": matrices, "adam": others}, _muon_labels(stacked, muon_mask))
+      {"muon": matrices, "adam": others}, _muon_labels(stacked, layout, muon_mask))
   return optax.GradientTransformationExtraArgs(tx.init, tx.update)

@@ -17,6 +17,7 @@ from normopt.blocks import check_blocks
 from normopt.blocks import check_same_structure
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
+from normopt.blocks import with_layout
 from normopt.norms import check_norm
 from normopt.norms import DEFAULT_NS_COEFFS
 from normopt.norms import directions
@@ -37,6 +38,7 @@ def block_normalize(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     norm: NormSpec = "l2",
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
@@ -70,6 +72,9 @@ def block_normalize(
     stacked: stacked (scanned) leading axes per leaf: ``None``, a callable
       ``(path, leaf) -> int`` such as :func:`normopt.stacked_under`, or a
       pytree prefix of ints (see :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     norm: ``"l2"``, ``"rms"``, ``"sign"``, ``"spectral"``, a callable
       ``(path, leaf) -> name`` or a pytree prefix of names.
     ns_steps: Newton–Schulz steps for ``"spectral"``.
@@ -106,6 +111,7 @@ def block_normalize(
     <https://arxiv.org/abs/2409.20325>`_, 2024; Jordan et al., `Muon
     <https://kellerjordan.github.io/posts/muon/>`_, 2024.
   """
+  stacked = with_layout(stacked, layout)
   check_blocks(blocks, "block_normalize")
   check_norm(norm, blocks, axis_name, "block_normalize")
   ns_coefficients(ns_coeffs, ns_steps)  # raises early on bad coefficients
@@ -134,6 +140,7 @@ def ngadap_scale(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     min_param_norm: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each gradient block to ``alpha`` times its parameters' norm.
@@ -163,6 +170,9 @@ def ngadap_scale(
     axis_name: mapped axis across which leaves are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     min_param_norm: floor ``rho`` on the parameter norm; 0 (default) is the
       paper's rule (see above).
 
@@ -183,6 +193,7 @@ def ngadap_scale(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
+  stacked = with_layout(stacked, layout)
   check_blocks(blocks, "ngadap_scale")
   # A traced value (optax.inject_hyperparams) cannot be checked here.
   if isinstance(min_param_norm, (int, float)) and not min_param_norm >= 0:
@@ -216,6 +227,7 @@ def clip_block_norm(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales each block whose norm exceeds ``max_norm`` down to ``max_norm``.
 
@@ -232,6 +244,9 @@ def clip_block_norm(
     axis_name: mapped axis across which leaves are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -248,6 +263,7 @@ def clip_block_norm(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
+  stacked = with_layout(stacked, layout)
   check_blocks(blocks, "clip_block_norm")
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -274,6 +290,7 @@ def scale_by_adagrad_bng(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad on block-normalized gradients (BNG appendix, Algorithm 2).
 
@@ -292,6 +309,9 @@ def scale_by_adagrad_bng(
     axis_name: mapped axis across which leaves are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     An ``optax.GradientTransformation``; the update is to be scaled by
@@ -309,6 +329,7 @@ def scale_by_adagrad_bng(
     Yu et al., `Block-Normalized Gradient Method: An Empirical Study for
     Training Deep Neural Network <https://arxiv.org/abs/1707.04822>`_, 2017.
   """
+  stacked = with_layout(stacked, layout)
   check_blocks(blocks, "scale_by_adagrad_bng")
 
   def init_fn(params):

@@ -21,13 +21,18 @@ name                 ``lmo(G)``
                      weights) to norm ``1/√fan_in``
 ===================  =========================================================
 
-``fan_in`` and ``fan_out`` are the rows and columns of a leaf's matrix view
-(:func:`normopt.norms.matrix_view`: all non-stacked axes but the last are
-rows), per stacked slice. ``"bias_rms"`` takes leaves with at most one
-non-stacked axis, ``"spectral_conv"`` at least three (any number of spatial
-axes, their product in place of ``H·W``), the others at least two. Every LMO
-adds ``eps`` where it divides (to the RMS or norm, and to the Frobenius norm
-before Newton–Schulz), so a zero gradient gives a zero step.
+``fan_in`` and ``fan_out`` are the products of a leaf's reduction and
+output axes in its layout (:mod:`normopt.layouts`; without ``layout=``, the
+shape rule: all non-stacked axes but the last are the fan-in), per matrix
+(stacked slice, or head in a per-head view); ``"spectral_conv"``'s taps are
+the layout's ``spatial`` axes. ``"bias_rms"`` takes leaves that are no
+matrix (biases, norm scales), the others matrices. ``"auto"`` reads the
+layout's kind: ``"hidden"`` → ``"spectral"``, ``"conv"`` →
+``"spectral_conv"``, ``"embedding"`` → ``"col"`` (each token's vector),
+``"head"`` → ``"sign"``, ``"norm"`` and ``"bias"`` → ``"bias_rms"``; an
+``"unknown"`` leaf (3 non-stacked axes under the shape rule) raises. Every
+LMO adds ``eps`` where it divides (to the RMS or norm, and to the Frobenius
+norm before Newton–Schulz), so a zero gradient gives a zero step.
 
 Each LMO is one row of ``LMOS``. The polar factors of all spectral leaves
 of a tree come from ONE call of :func:`normopt.norms.directions` (so of
@@ -50,10 +55,12 @@ from normopt._numerics import canonical_dtype
 from normopt._numerics import decayed_weights
 from normopt._numerics import safe_sqrt
 from normopt.blocks import check_same_structure
-from normopt.blocks import flatten_stacked
+from normopt.blocks import flatten_layouts
 from normopt.blocks import per_leaf
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
+from normopt.layouts import ParamLayout
+from normopt.layouts import unknown_error
 from normopt.norms import DEFAULT_NS_COEFFS
 from normopt.norms import directions
 from normopt.norms import ns_coefficients
@@ -62,69 +69,70 @@ from normopt.norms import ns_coefficients
 class LMO(NamedTuple):
   """One row of the Scion LMO table.
 
-  ``fn(x, polar, k, eps)`` gives the direction of a leaf ``x`` (in float32 or
-  wider) with ``k`` leading stacked axes; ``polar`` is the polar factor of
-  each slice's matrix view when ``polar`` is set, else None. ``ndim`` is the
-  range ``(lo, hi)`` of non-stacked axes the LMO accepts (``hi`` None: any).
+  ``fn(x, polar, pl, eps)`` gives the direction of a leaf ``x`` (in float32
+  or wider) whose layout is ``pl`` (:class:`normopt.ParamLayout`); ``polar``
+  is the polar factor of each of its matrices when ``polar`` is set, else
+  None. ``matrix``: the LMO needs a matrix (both fans); else it takes a
+  leaf that is no matrix (a bias, a norm scale).
   """
 
-  fn: Callable[[jax.Array, Any, int, Any], jax.Array]
-  ndim: tuple[int, int | None]
+  fn: Callable[[jax.Array, Any, ParamLayout, Any], jax.Array]
+  matrix: bool = True
   polar: bool = False
 
 
-def _fans(x, k):
-  shape = x.shape[k:]
-  return math.prod(shape[:-1]), shape[-1]
-
-
-def _spectral(x, polar, k, eps):
-  fan_in, fan_out = _fans(x, k)
+def _spectral(x, polar, pl, eps):
+  fan_in, fan_out = pl.fans(x.shape)
   return polar * math.sqrt(fan_out / fan_in)
 
 
-def _spectral_conv(x, polar, k, eps):
-  *spatial, c_in, c_out = x.shape[k:]
-  return polar * (math.sqrt(c_out / c_in) / math.prod(spatial))
+def _spectral_conv(x, polar, pl, eps):
+  fan_in, c_out = pl.fans(x.shape)
+  taps = math.prod(x.shape[a] for a in pl.spatial)
+  return polar * (math.sqrt(c_out / (fan_in // taps)) / taps)
 
 
-def _sign(x, polar, k, eps):
-  fan_in, _ = _fans(x, k)
+def _sign(x, polar, pl, eps):
+  fan_in, _ = pl.fans(x.shape)
   return jnp.sign(x) / fan_in
 
 
-def _col(x, polar, k, eps):
-  rms = safe_sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True))
+def _col(x, polar, pl, eps):
+  rms = safe_sqrt(jnp.mean(jnp.square(x), axis=pl.output, keepdims=True))
   return x / (rms + eps)
 
 
-def _row(x, polar, k, eps):
-  fan_in, _ = _fans(x, k)
-  norm = safe_sqrt(jnp.sum(jnp.square(x), axis=tuple(range(k, x.ndim - 1)), keepdims=True))
+def _row(x, polar, pl, eps):
+  fan_in, _ = pl.fans(x.shape)
+  norm = safe_sqrt(jnp.sum(jnp.square(x), axis=pl.reduction, keepdims=True))
   return x / (norm * math.sqrt(fan_in) + eps)
 
 
-def _bias_rms(x, polar, k, eps):
-  rms = safe_sqrt(jnp.mean(jnp.square(x), axis=tuple(range(k, x.ndim)), keepdims=True))
+def _bias_rms(x, polar, pl, eps):
+  axes = pl.reduction + pl.output
+  rms = safe_sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
   return x / (rms + eps)
 
 
 #: Scion's LMOs by name (see the module docstring).
 LMOS: dict[str, LMO] = {
-    "spectral": LMO(_spectral, (2, None), polar=True),
-    "spectral_conv": LMO(_spectral_conv, (3, None), polar=True),
-    "sign": LMO(_sign, (2, None)),
-    "bias_rms": LMO(_bias_rms, (0, 1)),
-    "col": LMO(_col, (2, None)),
-    "row": LMO(_row, (2, None)),
+    "spectral": LMO(_spectral, polar=True),
+    "spectral_conv": LMO(_spectral_conv, polar=True),
+    "sign": LMO(_sign),
+    "bias_rms": LMO(_bias_rms, matrix=False),
+    "col": LMO(_col),
+    "row": LMO(_row),
 }
 
-
-def _auto(ndim: int) -> str:
-  """The reference's ``Auto`` rule on a leaf's non-stacked axes."""
-  if ndim <= 1:
-    return "bias_rms"
-  return "spectral" if ndim == 2 else "spectral_conv"
+#: Scion's ``"auto"`` rule, by the kind of a leaf's layout.
+AUTO: dict[str, str] = {
+    "hidden": "spectral",
+    "conv": "spectral_conv",
+    "embedding": "col",
+    "head": "sign",
+    "norm": "bias_rms",
+    "bias": "bias_rms",
+}
 
 
 def _check_name(name: Any) -> None:
@@ -133,24 +141,28 @@ def _check_name(name: Any) -> None:
         f"scion: unknown norm {name!r}; known: {sorted(LMOS)} and 'auto'.")
 
 
-def _leaf_lmos(tree, paths, leaves, counts, norms):
-  """The LMO name of every flattened leaf: resolved, checked against its shape."""
+def _leaf_lmos(tree, paths, leaves, lays, norms):
+  """The LMO name of every flattened leaf: resolved, checked against its layout."""
   names = []
   given = per_leaf(norms, tree, paths, leaves, "scion", "norms", "names")
-  for p, x, k, n in zip(paths, leaves, counts, given, strict=True):
-    ndim = len(jnp.shape(x)) - k
+  for p, x, pl, n in zip(paths, leaves, lays, given, strict=True):
+    where = jax.tree_util.keystr(p)
     if not isinstance(n, str) or (n != "auto" and n not in LMOS):
       raise ValueError(
-          f"scion: unknown norm {n!r} for {jax.tree_util.keystr(p)}; "
-          f"known: {sorted(LMOS)} and 'auto'.")
-    n = _auto(ndim) if n == "auto" else n
-    lo, hi = LMOS[n].ndim
-    if ndim < lo or (hi is not None and ndim > hi):
-      want = f"at most {hi}" if hi is not None and lo == 0 else f"at least {lo}"
+          f"scion: unknown norm {n!r} for {where}; known: {sorted(LMOS)} and 'auto'.")
+    if pl.kind == "unknown" and (n == "auto" or LMOS[n].matrix):
+      raise unknown_error("scion", where, jnp.shape(x), f"norm {n!r}")
+    if n == "auto":
+      n = AUTO[pl.kind] if pl.is_matrix or pl.kind in ("bias", "norm") else "bias_rms"
+    if LMOS[n].matrix != pl.is_matrix:
+      want = "a matrix" if LMOS[n].matrix else "a leaf that is no matrix (a bias, a norm scale)"
       raise ValueError(
-          f"scion: norm {n!r} needs a leaf with {want} non-stacked axes; "
-          f"{jax.tree_util.keystr(p)} has shape {jnp.shape(x)} with {k} stacked "
-          f"axes.")
+          f"scion: norm {n!r} needs {want}; {where} of shape {jnp.shape(x)} has layout "
+          f"kind {pl.kind!r}, reduction {pl.reduction}, output {pl.output} ({pl.source}).")
+    if n == "spectral_conv" and pl.kind != "conv":
+      raise ValueError(
+          f"scion: norm 'spectral_conv' needs a conv kernel; {where} of shape "
+          f"{jnp.shape(x)} has layout kind {pl.kind!r} ({pl.source}).")
     names.append(n)
   return names
 
@@ -161,11 +173,13 @@ def scion_directions(
     norms: Any = "auto",
     radius: Any = 1.0,
     stacked: StackedSpec = None,
+    layout: Any = None,
     eps: Any = 1e-8,
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     grouped: bool = True,
     gram: bool = False,
+    **ns_options: Any,
 ) -> Any:
   """``radius · lmo(x)`` for every leaf ``x`` of ``tree``, each in its dtype.
 
@@ -173,10 +187,10 @@ def scion_directions(
   all ``"spectral"`` and ``"spectral_conv"`` leaves come from one grouped
   call of :func:`normopt.polar_factors`.
   """
-  paths, leaves, counts, treedef = flatten_stacked(tree, stacked, "scion")
+  paths, leaves, _, lays, treedef = flatten_layouts(tree, stacked, layout, "unit", "scion")
   if not leaves:
     return tree
-  names = _leaf_lmos(tree, paths, leaves, counts, norms)
+  names = _leaf_lmos(tree, paths, leaves, lays, norms)
   radii = per_leaf(radius, tree, paths, leaves, "scion", "radius", "numbers")
   xs = [x.astype(acc_dtype(x)) for x in leaves]
   polar: list[Any] = [None] * len(leaves)
@@ -184,13 +198,13 @@ def scion_directions(
   if idx:
     factors = directions(
         [xs[i] for i in idx], norm="spectral", blocks="leaf",
-        stacked=[counts[i] for i in idx], eps=eps, ns_steps=ns_steps,
-        ns_coeffs=ns_coeffs, grouped=grouped, gram=gram, name="scion")
+        layout=[lays[i] for i in idx], eps=eps, ns_steps=ns_steps,
+        ns_coeffs=ns_coeffs, grouped=grouped, gram=gram, name="scion", **ns_options)
     for i, f in zip(idx, factors, strict=True):
       polar[i] = f
   out = []
-  for x, acc, p, k, n, r in zip(leaves, xs, polar, counts, names, radii, strict=True):
-    d = LMOS[n].fn(acc, p, k, eps)
+  for x, acc, p, pl, n, r in zip(leaves, xs, polar, lays, names, radii, strict=True):
+    d = LMOS[n].fn(acc, p, pl, eps)
     out.append((r * d).astype(jnp.result_type(x)))
   return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -208,6 +222,7 @@ def scale_by_scion(
     norms: Any = "auto",
     radius: Any = 1.0,
     stacked: StackedSpec = None,
+    layout: Any = None,
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     eps: Any = 1e-8,
@@ -229,15 +244,21 @@ def scale_by_scion(
 
   Args:
     momentum: weight of the new gradient in the momentum, in ``(0, 1]``.
-    norms: ``"auto"`` (vectors ``"bias_rms"``, 2-D leaves ``"spectral"``,
-      leaves with three or more axes ``"spectral_conv"``: the reference's
-      rule, on the non-stacked axes), a name of ``normopt.scion_lmo.LMOS``, a callable
-      ``(path, leaf) -> name`` or a pytree prefix of names (``"auto"``
+    norms: ``"auto"`` (by the kind of each leaf's layout: ``"hidden"`` →
+      ``"spectral"``, ``"conv"`` → ``"spectral_conv"``, ``"embedding"`` →
+      ``"col"``, ``"head"`` → ``"sign"``, ``"norm"``/``"bias"`` →
+      ``"bias_rms"``; an ``"unknown"`` leaf raises ``ValueError``), a
+      name of ``normopt.scion_lmo.LMOS``, a callable ``(path, leaf) ->
+      name`` or a pytree prefix of names (``"auto"``
       allowed in each).
     radius: the norm-ball radius ``ρ`` (Scion's ``scale``), a number or a
       pytree prefix of numbers.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); every slice is its own layer.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; default
+      :func:`normopt.layouts_from_shapes`): its fans, matrices, conv taps and,
+      under ``"auto"``, its LMO.
     ns_steps: Newton–Schulz steps of the spectral LMOs.
     ns_coeffs: Newton–Schulz coefficients: one ``(a, b, c)``, one per step,
       or a preset name (:data:`normopt.NS_PRESETS`).
@@ -252,7 +273,8 @@ def scale_by_scion(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``optax.inject_hyperparams``
-    needs ``static_args=("norms", "stacked")`` when either is a callable.
+    needs ``static_args=("norms", "stacked", "layout")`` when one is a callable
+    (a :class:`normopt.Layouts` is).
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -284,7 +306,7 @@ def scale_by_scion(
     d = jax.tree.map(
         lambda g, m: (momentum * g + (1 - momentum) * m).astype(m.dtype), updates, state.d)
     u = scion_directions(
-        d, norms=norms, radius=radius, stacked=stacked, eps=eps,
+        d, norms=norms, radius=radius, stacked=stacked, layout=layout, eps=eps,
         ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped, gram=gram)
     u = jax.tree.map(lambda x, g: x.astype(jnp.result_type(g)), u, updates)
     return u, ScaleByScionState(count=optax.safe_increment(state.count), d=d)
@@ -315,6 +337,7 @@ def scion(
     weight_decay: Any = 0.0,
     weight_decay_mask: Any = None,
     stacked: StackedSpec = None,
+    layout: Any = None,
     ns_steps: int = 5,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     eps: Any = 1e-8,
@@ -354,6 +377,10 @@ def scion(
       ``params -> such a tree``), as ``optax.adamw`` takes it.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`); every slice is its own layer.
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; default
+      :func:`normopt.layouts_from_shapes`): its fans, matrices, conv taps and,
+      under ``"auto"``, its LMO.
     ns_steps: Newton–Schulz steps of the spectral LMOs.
     ns_coeffs: Newton–Schulz coefficients (see :func:`scale_by_scion`).
     eps: added where an LMO divides.
@@ -387,7 +414,7 @@ def scion(
     <https://arxiv.org/abs/2502.07529>`_, ICML 2025.
   """
   parts = [scale_by_scion(
-      momentum, norms=norms, radius=radius, stacked=stacked, ns_steps=ns_steps,
+      momentum, norms=norms, radius=radius, stacked=stacked, layout=layout, ns_steps=ns_steps,
       ns_coeffs=ns_coeffs, eps=eps, mu_dtype=mu_dtype, grouped=grouped,
       gram=gram)]
   if constrained:

@@ -62,10 +62,12 @@ from normopt._numerics import second_moment
 from normopt._numerics import where_pos
 from normopt._numerics import zeros_typed
 from normopt.blocks import check_same_structure
+from normopt.blocks import flatten_layouts
 from normopt.blocks import flatten_stacked
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
 from normopt.blocks import unit_axes
+from normopt.blocks import with_layout
 
 VectorAxes: TypeAlias = None | Callable[[Any, Any], tuple[int, ...] | None]
 
@@ -111,7 +113,15 @@ def _leaf_axes(path, leaf, vector_axes, stacked, name):
 
 
 def _flat_axes(tree, vector_axes, stacked, name):
-  """Flattens ``tree``; returns (leaves, per-leaf axes, treedef)."""
+  """Flattens ``tree``; returns (leaves, per-leaf axes, treedef).
+
+  By default a leaf's vectors are its layout's output units (the shape rule
+  without ``layout=``: all non-stacked axes but the last; a leaf named
+  ``bias`` or ``scale`` holds none).
+  """
+  if vector_axes is None:
+    _, leaves, _, lays, treedef = flatten_layouts(tree, stacked, None, "unit", name)
+    return leaves, [pl.unit_axes() for pl in lays], treedef
   paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
   axes = [
       _leaf_axes(p, x, vector_axes, k, name)
@@ -173,6 +183,7 @@ def normalize_vectors(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> Any:
   """Puts every unit vector of ``params`` on the unit sphere.
 
@@ -186,6 +197,9 @@ def normalize_vectors(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     A pytree like ``params``, each leaf of its original dtype.
@@ -201,6 +215,7 @@ def normalize_vectors(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
+  stacked = with_layout(stacked, layout)
   leaves, axes, treedef = _flat_axes(
       params, vector_axes, stacked, "normalize_vectors"
   )
@@ -216,6 +231,7 @@ def spherical_project(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects each vector's gradient onto the sphere's tangent space.
 
@@ -232,6 +248,9 @@ def spherical_project(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -250,6 +269,7 @@ def spherical_project(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
+  stacked = with_layout(stacked, layout)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -293,6 +313,7 @@ def scale_by_vector_adam(
     vector_axes: VectorAxes = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     axis_name: str | None = None,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -319,6 +340,9 @@ def scale_by_vector_adam(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     mu_dtype: optional dtype of the first moment; defaults to the leaf's.
 
   Returns:
@@ -338,6 +362,7 @@ def scale_by_vector_adam(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
+  stacked = with_layout(stacked, layout)
   mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
@@ -381,6 +406,7 @@ def spherical_retract(
     axis_name: str | None = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Turns an update into one that lands each vector back on the sphere.
 
@@ -398,6 +424,9 @@ def spherical_retract(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
 
   Returns:
     An ``optax.GradientTransformation`` with empty state; ``update`` needs
@@ -416,6 +445,7 @@ def spherical_retract(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
+  stacked = with_layout(stacked, layout)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -496,6 +526,7 @@ def nd_adam_transform(
     vector_axes: VectorAxes = None,
     *,
     stacked: StackedSpec = None,
+    layout: Any = None,
     axis_name: str | None = None,
     weight_decay: Any = 0.0,
     weight_decay_mask: Any = None,
@@ -532,6 +563,9 @@ def nd_adam_transform(
     axis_name: mapped axis across which the vectors are sharded.
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.spherical` and :mod:`normopt.blocks`).
+    layout: what each leaf is (:func:`normopt.param_layouts` of the model,
+      a callable or a pytree prefix; see :mod:`normopt.layouts`): its
+      stacked axes, and the output units of ``"unit"`` blocks.
     weight_decay: decoupled weight decay ``λ`` (float or schedule) of the
       leaves that are not vectors (``−learning_rate_scalar·(d + λw)``, by
       ``optax.add_decayed_weights``); vectors never decay.
@@ -556,6 +590,7 @@ def nd_adam_transform(
     Zhang et al., `Normalized Direction-preserving Adam
     <https://arxiv.org/abs/1709.04546>`_, 2018.
   """
+  stacked = with_layout(stacked, layout)
   name = "nd_adam"
   mu_dtype = canonical_dtype(mu_dtype)
 

@@ -29,8 +29,10 @@ def _params(rng):
   }
 
 
+# The embedding goes to Adam (normopt's default rule names it by its key,
+# DESIGN §8); optax's Muon is told the same with None.
 DIMS = {
-    "embed": {"embedding": DN(0, 1)},
+    "embed": {"embedding": None},
     "layers": {"attn": {"kernel": DN(1, 2)}, "mlp": {"kernel": DN(1, 2), "bias": None}},
     "head": {"kernel": DN(0, 1), "bias": None},
 }

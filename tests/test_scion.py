@@ -98,20 +98,45 @@ def test_every_lmo_matches_numpy():
 
 
 def test_auto_is_the_reference_rule():
+  """"auto" by layout kind: the reference's rule on dense, conv and vector
+  leaves, and on the roles only a name or a model can tell (DESIGN §8)."""
   rng = np.random.default_rng(1)
   g = _f32({"dense": {"kernel": rng.normal(size=(6, 4)), "bias": rng.normal(size=4)},
             "conv": {"kernel": rng.normal(size=(3, 3, 2, 4))},
             "conv1d": {"kernel": rng.normal(size=(3, 2, 4))},
+            "embed": {"embedding": rng.normal(size=(7, 4))},
+            "ln": {"scale": rng.normal(size=4)},
+            "out": {"kernel": rng.normal(size=(4, 3))},
             "scalar": np.asarray(2.0)})
-  auto = normopt.scale_by_scion(1.0)
+  conv1d = normopt.ParamLayout("conv", (0, 1), (2,), spatial=(0,))
+  layout = normopt.layouts_from_shapes(g, head="out", overrides={"conv1d": conv1d})
+  auto = normopt.scale_by_scion(1.0, layout=layout)
   names = {"dense": {"kernel": "spectral", "bias": "bias_rms"},
            "conv": {"kernel": "spectral_conv"}, "conv1d": {"kernel": "spectral_conv"},
-           "scalar": "bias_rms"}
-  explicit = normopt.scale_by_scion(1.0, norms=names)
+           "embed": {"embedding": "col"}, "ln": {"scale": "bias_rms"},
+           "out": {"kernel": "sign"}, "scalar": "bias_rms"}
+  explicit = normopt.scale_by_scion(1.0, norms=names, layout=layout)
   u_auto, _ = auto.update(g, auto.init(g))
   u_explicit, _ = explicit.update(g, explicit.init(g))
   chex.assert_trees_all_equal(u_auto, u_explicit)
-  assert jax.tree.map(lambda x: _np_auto(np.asarray(x)), g) == names
+  plain = {k: v for k, v in g.items() if k not in ("embed", "ln", "out", "conv1d")}
+  want = {k: v for k, v in names.items() if k in plain}
+  assert jax.tree.map(lambda x: _np_auto(np.asarray(x)), plain) == want
+
+
+def test_unknown_leaf_raises_naming_it_and_both_fixes():
+  """A leaf with 3 non-stacked axes (a Conv1D, an attention kernel, a scanned
+  layer) has no matrix a shape can give: "auto" raises, naming the leaf and
+  both fixes; stacked= or a layout settles it."""
+  g = {"conv1d": {"kernel": jnp.ones((3, 2, 4))}, "b": jnp.ones(4)}
+  tx = normopt.scion(0.1)
+  with pytest.raises(ValueError) as err:
+    tx.update(g, tx.init(g))
+  for word in ("['conv1d']['kernel']", "(3, 2, 4)", "stacked=", "param_layouts"):
+    assert word in str(err.value)
+  tx = normopt.scion(0.1, stacked={"conv1d": 1, "b": 0})
+  u, _ = tx.update(g, tx.init(g))
+  assert u["conv1d"]["kernel"].shape == (3, 2, 4)
 
 
 def test_callable_and_prefix_norms_and_radius():
@@ -273,7 +298,8 @@ def test_bad_norms_raise_naming_them():
   with pytest.raises(ValueError, match="'frobenius'"):
     normopt.scion(0.1, norms="frobenius")
   for norms, words in (({"b": "spectral", "w": "auto"}, ("'spectral'", "['b']")),
-                       ({"b": "auto", "w": "spectral_conv"}, ("'spectral_conv'", "['w']")),
+                       ({"b": "auto", "w": "spectral_conv"}, ("'spectral_conv'", "['w']",
+                                                               "conv")),
                        ({"b": "auto", "w": "bias_rms"}, ("'bias_rms'", "['w']")),
                        ({"b": "auto", "w": "nuclear"}, ("'nuclear'", "['w']"))):
     tx = normopt.scion(0.1, norms=norms)
