@@ -399,6 +399,11 @@ def layouts_from_shapes(
     >>> lay = normopt.layouts_from_shapes(p)
     >>> [lay[k].kind for k in ("dense/kernel", "dense/bias", "attn/query/kernel")]
     ['hidden', 'bias', 'unknown']
+
+  References:
+    optax's ``contrib.MuonDimensionNumbers`` (reduction, output and batch
+    axes); Jordan et al., `Muon <https://kellerjordan.github.io/posts/muon/>`_,
+    2024.
   """
   if convention not in ("flax", "torch"):
     raise ValueError(f"layouts_from_shapes: convention must be 'flax' or 'torch', "
@@ -784,6 +789,11 @@ def param_layouts(
     'bias'
     >>> normopt.param_layouts(attn, x, x, attention="head")["query/kernel"].batch
     (1,)
+
+  References:
+    optax's ``contrib.MuonDimensionNumbers``, which this fills in from the
+    model; Jordan et al., `Muon <https://kellerjordan.github.io/posts/muon/>`_,
+    2024.
   """
   if attention not in ("layer", "head"):
     raise ValueError(f"param_layouts: attention must be 'layer' or 'head', got {attention!r}.")

@@ -466,3 +466,14 @@ def test_unit_blocks_follow_the_layout():
   u, _ = normopt.block_normalize(blocks="unit").update(
       {"q": {"bias": g["q"]["bias"]}}, None)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(u["q"]["bias"])), 1.0, rtol=1e-5)
+
+
+def test_layouts_page_table_is_what_param_layouts_prints(capsys):
+  """docs/layouts.md shows the printed table of a real model: run its code."""
+  import pathlib
+  import re
+  page = (pathlib.Path(__file__).parents[1] / "docs" / "layouts.md").read_text()
+  code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+  shown = re.search(r"```text\n(.*?)```", page, re.S).group(1).strip()
+  exec(compile(code, "docs/layouts.md", "exec"), {})
+  assert capsys.readouterr().out.strip() == shown
