@@ -472,10 +472,14 @@ def plot(payload):
         ax.set_ylabel("cross-entropy")
       ax.legend(fontsize=7)
   n = len(payload["config"]["final_seeds"])
+  # Name only the forms this figure draws (the demo draws plain and NG).
+  drawn = {forms.index(name) for _, forms in FAMILIES for name in forms if name in names}
+  kinds = ", ".join(f"{k} ({c.removeprefix('tab:')})" for i, (k, c) in enumerate(
+      zip(("plain", "NG", "spectral", "sign"), COLORS, strict=True)) if i in drawn)
   fig.suptitle(
       f"Deep sigmoid MLPs on digits, each optimizer at its tuned step size "
-      f"(mean of {n} seeds)\nplain (blue), NG (red), spectral (green), sign "
-      f"(orange); solid = train, dashed = test, dotted = chance", fontsize=10)
+      f"(mean of {n} seeds)\n{kinds}; solid = train, dashed = test, dotted = chance",
+      fontsize=10)
   return fig
 
 

@@ -14,6 +14,9 @@ import re
 import numpy as np
 import pytest
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bng_mlp_digits.json"
 
@@ -317,3 +320,26 @@ def test_committed_full_results(mod, common):
   assert cfg["n_val"] == val.x_test.shape[0] < cfg["n_train"]
   check_tuning(mod, common, payload, cfg["grid_points"])
   check_results_and_claims(mod, common, payload)
+
+
+def test_plot_title_names_only_the_curves_it_draws(mod):
+  """The demo draws plain and NG forms only: its title promises no spectral
+  (green) or sign (orange) curve; a run with them names them."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  def payload(names):
+    res = {n: {"train_loss": [[1.0, 0.5]], "test_loss": [[1.1, 0.6]], "lr": 0.1}
+           for n in names}
+    return {"results": {"12": res}, "steps": [0, 10], "config": {"final_seeds": [0]}}
+
+  fig = mod.plot(payload(["Adam", "AdamNG"]))
+  title = fig._suptitle.get_text()
+  plt.close(fig)
+  assert "plain (blue), NG (red);" in title
+  assert "green" not in title and "orange" not in title
+  fig = mod.plot(payload(["SGDM", "SGDM-NG", "SGDM-spectral", "SGDM-sign"]))
+  title = fig._suptitle.get_text()
+  plt.close(fig)
+  assert "spectral (green), sign (orange)" in title
