@@ -47,5 +47,7 @@ def test_readme_norms_example_runs():
     tx = ns[name]
     u, _ = tx.update(grads, tx.init(params), params)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(u)), name
+  lay = ns["layouts"]
+  assert lay["Dense_0/kernel"].kind == "hidden" and lay["Dense_6/kernel"].kind == "head"
   u, _ = ns["signum"].update(grads, ns["signum"].init(params))
   np.testing.assert_allclose(jax.tree.leaves(u)[0], -1e-3)
