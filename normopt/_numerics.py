@@ -7,6 +7,7 @@ math exists once (see ``docs/design.md``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+import numbers
 from typing import Any
 
 import jax
@@ -57,27 +58,38 @@ def zeros_typed(aval: Any, like: Any = ()) -> jax.Array:
 
 def decayed_weights(
     weight_decay: Any, mask: Any
-) -> optax.GradientTransformationExtraArgs | None:
-  """``optax.add_decayed_weights(weight_decay, mask)``; None for a literal 0.
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.add_decayed_weights(weight_decay, mask)`` with one state for any rate.
 
-  A Python-number 0 adds nothing, so an alias without decay keeps its state
-  and needs no ``params``. A traced rate (``optax.inject_hyperparams`` binds
-  the default 0 as an array too) cannot be told from 0 while tracing: an
-  ``update`` without ``params`` skips it, as before the option existed. A
-  nonzero number or a schedule needs ``params`` (optax's error otherwise).
+  The state is ``optax.add_decayed_weights(weight_decay)``'s, without the
+  ``MaskedState`` wrapper a mask adds (masking gives it no state of its own):
+  ``EmptyState`` for a constant rate, a count for a schedule. So an alias's
+  state tree has the same structure and types whether ``weight_decay`` is a
+  number or an array ``optax.inject_hyperparams`` made of it, with or without
+  a mask, and after ``update`` as after ``init``.
+
+  A Python-number 0 adds nothing and needs no ``params``. A traced rate
+  (``inject_hyperparams`` binds the default 0 as an array too) cannot be told
+  from 0 while tracing: an ``update`` without ``params`` skips it, as before
+  the option existed. A nonzero number or a schedule needs ``params``
+  (optax's error otherwise).
   """
-  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-    return None
-  decay = optax.with_extra_args_support(optax.add_decayed_weights(weight_decay, mask))
-  if isinstance(weight_decay, (int, float)) or callable(weight_decay):
-    return decay
+  plain = optax.add_decayed_weights(weight_decay)
+  masked = None if mask is None else optax.masked(plain, mask)
+  is_number = isinstance(weight_decay, numbers.Real)
+  is_zero = is_number and weight_decay == 0
+  traced = not is_number and not callable(weight_decay)
 
   def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
+    del extra_args
+    if is_zero or (traced and params is None):
       return updates, state
-    return decay.update(updates, state, params, **extra_args)
+    if masked is None:
+      return plain.update(updates, state, params)
+    updates, state = masked.update(updates, optax.MaskedState(inner_state=state), params)
+    return updates, state.inner_state
 
-  return optax.GradientTransformationExtraArgs(decay.init, update_fn)
+  return optax.GradientTransformationExtraArgs(plain.init, update_fn)
 
 
 def where_pos(x: jax.Array, fn: Any) -> jax.Array:

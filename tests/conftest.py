@@ -58,12 +58,15 @@ def pytest_unconfigure(config):
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 #: Test files, slowest first (``--durations`` on the 2-core machine): run
-#: before the rest so that the other worker fills in around them.
+#: before the rest so that the other worker fills in around them. Most of
+#: them are marked ``slow`` (``pyproject.toml``), and the fast loop,
+#: ``pytest -m "not slow"``, leaves those out.
 SLOW_FIRST = (
     "test_stacked.py",
     "test_floors.py",
     "test_bench_bng.py",
     "test_distributed.py",
+    "test_optax_suites.py",
     "test_conventions.py",
     "test_bench_step_overhead.py",
     "test_bench_demo.py",

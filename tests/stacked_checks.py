@@ -5,7 +5,9 @@ Run as a script (``python tests/stacked_checks.py``): it starts JAX with 4
 virtual CPU devices and prints ONE JSON object on the last line of stdout,
 ``path -> case -> {"max_dev": float}`` (``tests/test_stacked.py`` runs it in
 a subprocess and asserts on it). A case is a registry method and, for the
-methods that take ``blocks=``, one block mode. Each path runs programs
+methods that take ``blocks=``, one block mode: all five for a transformation,
+two (:data:`FEW_MODES`) for a norm variant and for an alias (issue 30), whose
+block cutting is that of the primitives it chains, checked in all five. Each path runs programs
 holding up to ``CHUNK`` cases: init, then ``STEPS`` updates in a
 ``lax.scan``.
 
@@ -69,6 +71,9 @@ STACKED_SHAPES = {
 OTHER_SHAPES = {"head": {"kernel": (8, 3), "bias": (3,)}}
 MAP_DEVICES = 2  # shard_map: 2 whole layers per device
 MODES = ("leaf", "layer", "global", "unit", "callable")
+# Two modes with different slice logic (slices of several leaves; vectors
+# within a slice) for the methods whose block cutting is another's.
+FEW_MODES = ("layer", "unit")
 SPEC = normopt.stacked_under(STACK_KEY)
 # Cases per compiled program: XLA's compile time grows faster than the
 # program (all 106 cases at once took 62 s to compile, two halves 39 s).
@@ -143,17 +148,28 @@ def _takes(make, name):
     return False
 
 
+def block_modes(method):
+  """The block modes ``method`` is checked in (``(None,)``: no ``blocks=``).
+
+  All of :data:`MODES` for a transformation. :data:`FEW_MODES` for a norm
+  variant (``block_normalize:rms``, ``:sign``: the block cutting is the plain
+  method's) and for an alias (a method taking ``learning_rate``: a thin chain
+  of primitives, ``block_normalize``, ``ngadap_scale``,
+  ``scale_by_adagrad_bng``, ``scale_by_adanorm_moments``, each checked in
+  every mode); the two modes keep the check of the norm and of the chain.
+  """
+  if not _takes(method.make, "blocks"):
+    return (None,)
+  if ":" in method.name or _takes(method.make, "learning_rate"):
+    return FEW_MODES
+  return MODES
+
+
 def make_cases():
   """``{case: (stacked tx, unrolled tx, global?, shard_map tx, sphere?)}``."""
   cases = {}
   for m in METHODS:
-    modes = MODES if _takes(m.make, "blocks") else (None,)
-    if ":" in m.name and modes != (None,):
-      # A norm variant (block_normalize:rms, :sign): the block modes' cutting
-      # is the plain method's, checked above in every mode; two modes with
-      # different slice logic keep the check of the norm itself.
-      modes = ("layer", "unit")
-    for mode in modes:
+    for mode in block_modes(m):
       kw = dict(m.kwargs)
       kw_unrolled = dict(m.kwargs)
       if mode is not None:

@@ -8,6 +8,9 @@ import pathlib
 import numpy as np
 import pytest
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 RESULTS = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
            / "results" / "adanorm_cnn.json")
 PAIRS = ("Adam", "diffGrad", "RAdam", "AdaBelief")

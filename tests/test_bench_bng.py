@@ -19,6 +19,9 @@ import jax
 import numpy as np
 import pytest
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 

@@ -5,6 +5,10 @@ import pathlib
 import numpy as np
 import pytest
 
+# The benchmarks' shared module (digits, statistics, vmapped runs): left out
+# of the fast loop (`pytest -m "not slow"`), as the quick benchmarks are.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def common(load_bench):

@@ -14,6 +14,10 @@ import pathlib
 import matplotlib.pyplot as plt
 import pytest
 
+# Draws every benchmark's full figure: left out of the fast loop
+# (`pytest -m "not slow"`), as the quick benchmarks are.
+pytestmark = pytest.mark.slow
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 # Every benchmark that draws a figure (a ``plot`` function).

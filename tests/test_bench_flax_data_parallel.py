@@ -6,7 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from subproc import CHECK_XLA
+
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"

@@ -9,6 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, load_bench):

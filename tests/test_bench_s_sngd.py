@@ -7,6 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

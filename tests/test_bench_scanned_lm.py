@@ -11,6 +11,9 @@ import pytest
 
 import normopt
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scanned_lm.py"
 NAMES = ["adam", "adam_ng(stacked)", "adam_ng"]

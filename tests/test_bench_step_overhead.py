@@ -17,6 +17,9 @@ _BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
 sys.path.insert(0, os.path.abspath(_BENCH))
 import step_overhead  # noqa: E402
 
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 # A subset keeps this test to a few dozen small compiles; the full benchmark
 # covers every optimizer.
 _ONLY = ["adam_ng", "adam_norm", "sgd_ng", "sngd", "nd_adam", "diffgrad"]

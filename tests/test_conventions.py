@@ -6,15 +6,19 @@ skip any of these:
 * ``update`` accepts and ignores keyword arguments it does not use (optax's
   ``GradientTransformationExtraArgs``), e.g. ``value=loss``;
 * ``init`` accepts ``jax.ShapeDtypeStruct``s;
-* state types are stable: ``jax.typeof`` of every state leaf from ``init``,
-  from ``jax.jit(init)`` and after an update agree, for float16, bfloat16
-  and float32 params split along their first axis, their last axis,
-  replicated, and stacked with the stack axis split, on an Explicit mesh
-  inside ``jax.set_mesh``, and in float32 outside it and on an Auto mesh
-  (``init`` works in all four contexts, eagerly and under ``jit`` wherever
-  ``optax.adam``'s does; ``tests/conventions_checks.py``, run once in a
-  subprocess);
-* every method that takes ``blocks=`` or ``vector_axes=`` takes ``stacked=``.
+* the state has one tree structure (and leaf shapes and dtypes) whether the
+  hyperparameters are numbers or arrays that ``optax.inject_hyperparams``
+  made of them, and after ``update`` as after ``init``: a checkpoint written
+  with one restores into the other;
+* every method that takes ``blocks=`` or ``vector_axes=`` takes ``stacked=``;
+* (``slow``: a subprocess with 4 virtual devices) state types are stable:
+  ``jax.typeof`` of every state leaf from ``init``, from ``jax.jit(init)``
+  and after an update agree, for float16, bfloat16 and float32 params split
+  along their first axis, their last axis, replicated, and stacked with the
+  stack axis split, on an Explicit mesh inside ``jax.set_mesh``, and in
+  float32 outside it and on an Auto mesh (``init`` works in all four
+  contexts, eagerly and under ``jit`` wherever ``optax.adam``'s does;
+  ``tests/conventions_checks.py``, run once in a subprocess).
 """
 
 import inspect
@@ -55,8 +59,11 @@ def _params(method, rng):
   return normopt.normalize_vectors(p) if method.params_kind == "sphere" else p
 
 
-@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
-def test_optax_conventions(method, explicit_types):
+IDS = [m.name for m in METHODS]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_optax_conventions(method):
   rng = np.random.default_rng(0)
   params = _params(method, rng)
   grads = _tree(rng)
@@ -77,14 +84,49 @@ def test_optax_conventions(method, explicit_types):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     assert (a.shape, a.dtype) == (b.shape, b.dtype)
-  # State types are stable on an Explicit mesh (every dtype and layout),
-  # outside set_mesh and on an Auto mesh.
-  assert method.name in explicit_types
-  assert explicit_types[method.name] == {}, explicit_types[method.name]
   # stacked= wherever blocks= or vector_axes= is taken.
   sig = inspect.signature(method.make).parameters
   if "blocks" in sig or "vector_axes" in sig:
     assert "stacked" in sig
+
+
+def _state_layout(tree):
+  """A state's tree structure and its leaves' (shape, dtype, weak type)."""
+  return jax.tree.structure(tree), [
+      (x.shape, x.dtype, x.weak_type) for x in jax.tree.leaves(tree)
+  ]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_state_structure_is_the_same_under_inject_hyperparams(method):
+  # inject_hyperparams makes every numeric hyperparameter an array (the
+  # defaults too, e.g. weight_decay=0.0): the wrapped state's inner_state
+  # must be the plain state, after init and after an update, so that a
+  # checkpoint written with one restores into the other. Traced only
+  # (jax.eval_shape): nothing compiles.
+  rng = np.random.default_rng(5)
+  params, grads = _params(method, rng), _tree(rng)
+  plain = method.make(**method.kwargs)
+  injected = optax.inject_hyperparams(method.make)(**method.kwargs)
+  layouts = {}
+  for name, tx, inner in (("plain", plain, lambda s: s),
+                          ("injected", injected, lambda s: s.inner_state)):
+    state = jax.eval_shape(tx.init, params)
+    after = jax.eval_shape(lambda s, tx=tx: tx.update(grads, s, params)[1], state)
+    layouts[f"{name} init"] = _state_layout(inner(state))
+    layouts[f"{name} after update"] = _state_layout(inner(after))
+  want = layouts["plain init"]
+  differ = {k: v for k, v in layouts.items() if v != want}
+  assert not differ, (want, differ)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_state_types_are_stable_under_sharding(method, explicit_types):
+  # On an Explicit mesh (every dtype and layout), outside set_mesh and on an
+  # Auto mesh: one subprocess with 4 virtual devices for all methods.
+  assert method.name in explicit_types
+  assert explicit_types[method.name] == {}, explicit_types[method.name]
 
 
 @pytest.mark.parametrize("name", ALIASES)

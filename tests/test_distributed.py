@@ -23,6 +23,9 @@ from subproc import env as _env
 from subproc import HERE
 from subproc import run_json
 
+# Whole-suite subprocess checks: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(HERE, "distributed_checks.py")
 TOL = 1e-5  # max |sharded - single device| / max(1, |single device|)
 

@@ -143,6 +143,7 @@ def built_site(tmp_path_factory):
   return out / "html"
 
 
+@pytest.mark.slow  # the sphinx build
 def test_docs_build(built_site):
   for page in ("index", "guide", "papers", "results", "design", "notebooks"):
     assert (built_site / f"{page}.html").is_file(), page
@@ -152,6 +153,7 @@ def test_docs_build(built_site):
   assert "stacked_under" in (built_site / "api" / "blocks.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # the sphinx build
 def test_every_public_name_has_an_entry(built_site):
   """Each documented name got an object entry (an anchor), not just a mention."""
   html = "".join(
@@ -162,6 +164,7 @@ def test_every_public_name_has_an_entry(built_site):
       assert f'id="{qualified}"' in html, f"no entry for {qualified} in the built API pages"
 
 
+@pytest.mark.slow  # the sphinx build
 def test_results_page_shows_every_plot(built_site):
   html = (built_site / "results.html").read_text(encoding="utf-8")
   for png in sorted((ROOT / "benchmarks" / "results").glob("*.png")):

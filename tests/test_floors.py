@@ -25,6 +25,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+import pytest
 
 import uv_env
 
@@ -68,6 +69,7 @@ def test_every_runtime_dependency_declares_a_floor():
     _floor(Requirement(r))
 
 
+@pytest.mark.slow  # a fresh environment and a subset run: not in the fast loop
 def test_subset_passes_at_the_declared_floors(tmp_path):
   declared = _declared()
   python = uv_env.make_venv(tmp_path / "venv")

@@ -11,6 +11,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,7 @@ def test_ruff_finds_nothing():
   assert proc.returncode == 0, f"ruff findings:\n{proc.stdout}{proc.stderr}"
 
 
+@pytest.mark.slow  # tens of seconds cold; ruff stays in the fast loop
 def test_mypy_finds_nothing():
   proc = _run("mypy")  # checks the files listed in [tool.mypy]: normopt/
   assert proc.returncode == 0, f"mypy findings:\n{proc.stdout}{proc.stderr}"

@@ -18,6 +18,9 @@ pytest.importorskip("ipykernel")
 KernelSpecManager = pytest.importorskip("jupyter_client.kernelspec").KernelSpecManager
 AsyncKernelManager = pytest.importorskip("jupyter_client.manager").AsyncKernelManager
 
+# Executes whole notebooks: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -61,12 +61,14 @@ def test_pyproject_takes_the_version_from_normopt():
   assert attr == "normopt.__version__"
 
 
+@pytest.mark.slow  # builds the wheel and sdist
 def test_twine_accepts_wheel_and_sdist(dist):
   pytest.importorskip("twine", reason="`twine` comes with the test extra")
   proc = _run(sys.executable, "-m", "twine", "check", "--strict", *dist)
   assert proc.returncode == 0, f"twine check failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+@pytest.mark.slow  # builds the wheel and sdist
 def test_wheel_metadata_and_contents(dist):
   wheel, sdist = dist
   version = _source_version()
@@ -88,6 +90,7 @@ def test_wheel_metadata_and_contents(dist):
   assert {"LICENSE", "README.md", "pyproject.toml", "normopt/py.typed"} <= snames
 
 
+@pytest.mark.slow  # builds the wheel and sdist
 def test_wheel_installs_in_a_clean_env_with_its_version(dist, tmp_path):
   wheel, _ = dist
   python = uv_env.make_venv(tmp_path / "venv")

@@ -40,6 +40,10 @@ import pytest
 import normopt
 from subproc import CHEAP_COMPILE_OPTIONS
 
+# End-to-end trainings of Flax and Equinox models, the stacked check's
+# complement: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 L = 4  # scanned layers
 D_IN, D, C = 6, 16, 5  # input features, width, classes
 BATCH = 8

@@ -4,8 +4,8 @@ model unrolled, for every registry method and block mode.
 The equivalence runs (one device, Auto and Explicit meshes with the stack
 axis sharded over 4 devices, ``shard_map`` with whole layers per device) live
 in ``tests/stacked_checks.py``, run once in a subprocess with 4 virtual CPU
-devices; the tests below assert on its numbers. The rest are fast unit tests
-of the spec itself.
+devices; the tests below assert on its numbers (``slow``: left out of the fast
+loop). The rest are fast unit tests of the spec itself.
 """
 
 import chex
@@ -29,17 +29,28 @@ def checks():
   return run_json("stacked_checks.py", timeout=1200)
 
 
+@pytest.mark.slow
 def test_every_method_and_block_mode_is_checked(checks):
   names = {c.split("[")[0] for c in checks["cases"]}
   assert {m.name for m in METHODS} <= names
   for m in METHODS:
     if sc._takes(m.make, "blocks"):
       modes = {c.split("[")[1].rstrip("]") for c in checks["cases"] if c.startswith(m.name + "[")}
-      # A norm variant ("block_normalize:rms") runs two modes; the plain all.
-      want = {"layer", "unit"} if ":" in m.name else set(sc.MODES)
-      assert want <= modes, (m.name, modes)
+      # A norm variant ("block_normalize:rms") and an alias run two modes;
+      # the transformations all five.
+      assert set(sc.block_modes(m)) <= modes, (m.name, modes)
 
 
+def test_aliases_run_two_block_modes_and_their_primitives_all():
+  modes = {m.name: sc.block_modes(m) for m in METHODS}
+  for name in ("adam_ng", "sgd_ngadap", "adagrad_bng", "adam_norm", "adabelief_norm"):
+    assert modes[name] == sc.FEW_MODES, name
+  for name in ("block_normalize", "ngadap_scale", "scale_by_adagrad_bng",
+               "scale_by_adanorm_moments"):
+    assert modes[name] == sc.MODES, name
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 def test_stacked_equals_unrolled(checks, path):
   out = checks[path]
