@@ -252,7 +252,8 @@ def flatten_layouts(tree: Any, stacked: StackedSpec, layout: Any, blocks: Any, n
   if isinstance(stacked, WithLayout):
     if layout is not None:
       raise ValueError(f"{name}: layout= given twice.")
-    stacked, layout = stacked.stacked, stacked.layout
+    wrapped: WithLayout = stacked
+    stacked, layout = wrapped.stacked, wrapped.layout
   if layout is None and blocks != "unit":
     paths, leaves, counts, treedef = flatten_stacked(tree, stacked, name)
     return paths, leaves, counts, None, treedef

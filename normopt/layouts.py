@@ -142,7 +142,7 @@ class ParamLayout:
     perm = self.perm
     y = jnp.reshape(y, [shape[a] for a in perm])
     if perm != tuple(range(len(perm))):
-      y = jnp.transpose(y, np.argsort(perm))
+      y = jnp.transpose(y, tuple(int(a) for a in np.argsort(perm)))
     return y
 
   def unit_axes(self) -> tuple[int, ...] | None:
@@ -551,10 +551,13 @@ def _core_layout(cls: str, param: str, core_ndim: int, attrs: dict, framework: s
     lhs, rhs = lhs_rhs.split(",")
     if len(rhs) != n:
       return None
-    batch, red, out = [], [], []
+    ein_batch: list[int] = []
+    ein_red: list[int] = []
+    ein_out: list[int] = []
     for i, c in enumerate(rhs):
-      (batch if c in lhs and c in res else out if c in res else red).append(i)
-    return ParamLayout("hidden", tuple(red), tuple(out), tuple(batch), source=src + f" {spec!r}")
+      (ein_batch if c in lhs and c in res else ein_out if c in res else ein_red).append(i)
+    return ParamLayout("hidden", tuple(ein_red), tuple(ein_out), tuple(ein_batch),
+                       source=src + f" {spec!r}")
   if cls in ("Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
              "ConvTranspose2d", "ConvTranspose3d") and param in ("kernel", "weight"):
     if n < 3:
@@ -696,7 +699,7 @@ def _equinox_owners(model):
 
   def walk(m, prefix):
     cls = type(m).__name__
-    core = {}
+    core: dict[str, Any] = {}
     for f in ("weight", "bias", "bias_n", "weight_ih", "weight_hh", "negative_slope"):
       v = getattr(m, f, None)
       if v is not None and hasattr(v, "shape"):
@@ -820,11 +823,13 @@ def param_layouts(
 
 def _framework_owners(model, args, kwargs):
   mod = type(model).__module__
+  nn: Any = None
+  nnx: Any = None
   try:
     from flax import nnx
     import flax.linen as nn
   except ImportError:  # pragma: no cover - flax is an extra
-    nn = nnx = None
+    pass
   if nn is not None and isinstance(model, nn.Module):
     params, owners = _linen_owners(model, args, kwargs)
     return "flax.linen", params, owners
