@@ -31,6 +31,10 @@ from normopt.layouts import Layouts
 from normopt.layouts import layouts_from_shapes
 from normopt.layouts import param_layouts
 from normopt.layouts import ParamLayout
+from normopt.muon_family import adamuon
+from normopt.muon_family import normuon
+from normopt.muon_family import scale_by_unit_rms
+from normopt.muon_family import ScaleByUnitRmsState
 from normopt.muon_recipe import muon
 from normopt.muon_recipe import scale_by_muon_momentum
 from normopt.muon_recipe import scale_by_width
@@ -69,6 +73,7 @@ __all__ = (
     "ScaleByDiffGradState",
     "ScaleByMuonMomentumState",
     "ScaleByScionState",
+    "ScaleByUnitRmsState",
     "ScaleByVectorAdamState",
     "StackedSpec",
     "VectorAxes",
@@ -78,6 +83,7 @@ __all__ = (
     "adam_ng",
     "adam_ngadap",
     "adam_norm",
+    "adamuon",
     "adanorm_rescale",
     "block_norm_map",
     "block_normalize",
@@ -93,6 +99,7 @@ __all__ = (
     "nd_adam_transform",
     "ngadap_scale",
     "normalize_vectors",
+    "normuon",
     "param_layouts",
     "polar_factors",
     "radam_norm",
@@ -102,6 +109,7 @@ __all__ = (
     "scale_by_diffgrad",
     "scale_by_muon_momentum",
     "scale_by_scion",
+    "scale_by_unit_rms",
     "scale_by_vector_adam",
     "scale_by_width",
     "scion",

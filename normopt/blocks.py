@@ -51,7 +51,7 @@ it. The psum covers every leaf of the call: a leaf that is *replicated*
 rather than split would be counted once per shard, so give such leaves their
 own ``optax.partition`` group without ``axis_name``.
 
-``layout``: per-leaf :class:`normopt.ParamLayout`s (``normopt.param_layouts(
+``layout``: per-leaf :class:`normopt.ParamLayout` objects (``normopt.param_layouts(
 model, x)``, a callable or a pytree prefix): their stacked axes stand for
 ``stacked`` (the two must agree when both are given), and ``"unit"`` blocks
 are the layouts' output units (a per-head attention kernel's unit is one

@@ -274,7 +274,7 @@ def _is_spec_leaf(x: Any) -> bool:
 
 
 class Layouts:
-  """Per-leaf :class:`ParamLayout`s of a model, callable ``(path, leaf)``.
+  """Per-leaf :class:`ParamLayout` objects of a model, callable ``(path, leaf)``.
 
   Built by :func:`param_layouts` or :func:`layouts_from_shapes`; pass it as
   ``layout=`` to any normopt transformation or optimizer. A path it does not
@@ -378,7 +378,7 @@ def layouts_from_shapes(
   that takes ``layout=``.
 
   Args:
-    params: the parameter tree (arrays or ``jax.ShapeDtypeStruct``s).
+    params: the parameter tree (arrays or ``jax.ShapeDtypeStruct`` values).
     stacked: stacked (scanned) leading axes per leaf (see
       :mod:`normopt.blocks`): batch axes of every layout.
     convention: ``"flax"`` (kernels ``(in, out)``, HWIO) or ``"torch"``
@@ -762,7 +762,7 @@ def param_layouts(
   Args:
     model: a Flax Linen, Flax NNX or Equinox module.
     *example_args: Linen only: example inputs for ``model.init``
-      (``jax.ShapeDtypeStruct``s are fine).
+      (``jax.ShapeDtypeStruct`` values are fine).
     head: names (a path entry or an ``"a/b"`` suffix) or a predicate
       ``(names) -> bool`` marking the output layer(s): their kernels become
       ``"head"`` (Muon gives them to Adam; Scion's ``"auto"`` gives them

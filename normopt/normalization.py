@@ -19,6 +19,7 @@ from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
 from normopt.blocks import with_layout
 from normopt.norms import check_norm
+from normopt.norms import check_preconditioning
 from normopt.norms import DEFAULT_NS_COEFFS
 from normopt.norms import directions
 from normopt.norms import NormSpec
@@ -44,6 +45,7 @@ def block_normalize(
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     grouped: bool = True,
     gram: bool = False,
+    preconditioning: str = "frobenius",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each block of the gradient by its unit direction under a norm.
 
@@ -86,6 +88,10 @@ def block_normalize(
     gram: run ``"spectral"``'s Newton–Schulz in its Gram form
       (:func:`normopt.polar_factors`): fewer FLOPs for rectangular matrices
       (aspect ratio above about 2), the same iteration to float32 roundoff.
+    preconditioning: how ``"spectral"`` scales each matrix before the first
+      Newton–Schulz step: ``"frobenius"`` (divide by its Frobenius norm),
+      ``"aol"`` or ``"schatten"``, as ``optax.contrib.muon``'s option of the
+      same name (see :func:`normopt.polar_factors`).
 
   Returns:
     An ``optax.GradientTransformation`` with empty state.
@@ -115,6 +121,7 @@ def block_normalize(
   check_blocks(blocks, "block_normalize")
   check_norm(norm, blocks, axis_name, "block_normalize")
   ns_coefficients(ns_coeffs, ns_steps)  # raises early on bad coefficients
+  check_preconditioning(preconditioning)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -123,6 +130,7 @@ def block_normalize(
           updates, norm=norm, blocks=blocks, stacked=stacked,
           axis_name=axis_name, eps=eps, ns_steps=ns_steps,
           ns_coeffs=ns_coeffs, grouped=grouped, gram=gram, name="block_normalize",
+          preconditioning=preconditioning,
       ), state
     scales = block_norm_map(
         lambda n: inv_norm(n, eps), updates,

@@ -61,6 +61,7 @@ from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
 from normopt.layouts import ParamLayout
 from normopt.layouts import unknown_error
+from normopt.norms import check_preconditioning
 from normopt.norms import DEFAULT_NS_COEFFS
 from normopt.norms import directions
 from normopt.norms import ns_coefficients
@@ -229,6 +230,7 @@ def scale_by_scion(
     mu_dtype: Any = None,
     grouped: bool = True,
     gram: bool = False,
+    preconditioning: str = "frobenius",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion's direction: momentum, then ``radius · lmo`` per leaf.
 
@@ -270,6 +272,9 @@ def scale_by_scion(
     gram: run the spectral LMOs' Newton–Schulz in its Gram form (see
       :func:`normopt.polar_factors`): the same iteration, cheaper for
       rectangular matrices (a ``d × 4d`` MLP kernel), dearer for square ones.
+    preconditioning: how the spectral LMOs scale each matrix before the
+      first Newton–Schulz step: ``"frobenius"``, ``"aol"`` or ``"schatten"``
+      (see :func:`normopt.polar_factors`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``optax.inject_hyperparams``
@@ -293,6 +298,7 @@ def scale_by_scion(
   if isinstance(norms, str):
     _check_name(norms)
   ns_coefficients(ns_coeffs, ns_steps)
+  check_preconditioning(preconditioning)
   mu_dtype = canonical_dtype(mu_dtype)
 
   def init_fn(params):
@@ -307,7 +313,8 @@ def scale_by_scion(
         lambda g, m: (momentum * g + (1 - momentum) * m).astype(m.dtype), updates, state.d)
     u = scion_directions(
         d, norms=norms, radius=radius, stacked=stacked, layout=layout, eps=eps,
-        ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped, gram=gram)
+        ns_steps=ns_steps, ns_coeffs=ns_coeffs, grouped=grouped, gram=gram,
+        preconditioning=preconditioning)
     u = jax.tree.map(lambda x, g: x.astype(jnp.result_type(g)), u, updates)
     return u, ScaleByScionState(count=optax.safe_increment(state.count), d=d)
 
@@ -344,6 +351,7 @@ def scion(
     mu_dtype: Any = None,
     grouped: bool = True,
     gram: bool = False,
+    preconditioning: str = "frobenius",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: momentum, a per-layer norm's LMO, and an (un)constrained step.
 
@@ -388,6 +396,8 @@ def scion(
     grouped: orthogonalize matrices of equal shape together (the result
       is the same).
     gram: the Gram form of the Newton–Schulz (see :func:`scale_by_scion`).
+    preconditioning: ``"frobenius"``, ``"aol"`` or ``"schatten"`` (see
+      :func:`scale_by_scion`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -416,7 +426,7 @@ def scion(
   parts = [scale_by_scion(
       momentum, norms=norms, radius=radius, stacked=stacked, layout=layout, ns_steps=ns_steps,
       ns_coeffs=ns_coeffs, eps=eps, mu_dtype=mu_dtype, grouped=grouped,
-      gram=gram)]
+      gram=gram, preconditioning=preconditioning)]
   if constrained:
     parts.append(_add_params())
   decay = decayed_weights(weight_decay, weight_decay_mask)

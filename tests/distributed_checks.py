@@ -97,7 +97,8 @@ ELEMENTWISE_SPECS = {
 REPLICATED_SPECS = {"conv": {"kernel": P()}, "dense": {"kernel": P(), "bias": P()}}
 # Scion's LMOs (spectral, and the per-row/column/vector RMS ones) take no
 # axis_name either: whole leaves per shard.
-WHOLE_MATRICES = ("block_normalize:spectral", "muon", "scale_by_scion", "scion", "scion:scg")
+WHOLE_MATRICES = ("block_normalize:spectral", "muon", "scale_by_scion", "scion", "scion:scg",
+                  "scale_by_unit_rms", "normuon", "adamuon")
 
 
 def _is_spec(x):

@@ -217,3 +217,10 @@ METHODS = [
     True,
   ),
 ]
+
+# --- The Muon family (muon_family.py): NorMuon and AdaMuon
+METHODS += [
+  Method("scale_by_unit_rms", normopt.scale_by_unit_rms, dict(decay=0.95, eps=1e-10)),
+  Method("normuon", normopt.normuon, dict(learning_rate=1e-2, beta=0.95, b2=0.95)),
+  Method("adamuon", normopt.adamuon, dict(learning_rate=1e-2, b1=0.9, b2=0.95, eps=1e-10, rms=0.2)),
+]

@@ -125,3 +125,146 @@ class AdaGradBNG:
         -self.lr * n * gh / (self.delta + np.sqrt(s))
         for gh, n, s in zip(ghat, norms, self.s, strict=True)
     ]
+
+
+# --------------------------------------------------------------------------
+# The Muon family (DESIGN §9): Muon, NorMuon and AdaMuon on each leaf's
+# matrices, Adam on the others. A leaf's layout is given as plain axes
+# ``(reduction, output, batch)`` of the full leaf (None: an Adam leaf).
+
+MUON_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def to_matrices(x, axes):
+  """``x`` as ``(B, m, n)``: batch axes, then reduction (rows), output (columns)."""
+  red, out, batch = axes
+  size = lambda a: int(np.prod([x.shape[i] for i in a]))
+  return np.transpose(x, batch + red + out).reshape(size(batch), size(red), size(out))
+
+
+def from_matrices(y, shape, axes):
+  red, out, batch = axes
+  perm = batch + red + out
+  return np.transpose(y.reshape([shape[i] for i in perm]), np.argsort(perm))
+
+
+def newton_schulz(x, coeffs=MUON_COEFFS, steps=5, eps=1e-8):
+  """One matrix: ``X/(‖X‖_F + eps)``, then ``X ← aX + b(XXᵀ)X + c(XXᵀ)²X`` on
+  the wide orientation."""
+  wide = x.shape[0] <= x.shape[1]
+  x = x if wide else x.T
+  x = x / (np.linalg.norm(x) + eps)
+  for a, b, c in [coeffs] * steps:
+    g = x @ x.T
+    x = a * x + b * g @ x + c * g @ g @ x
+  return x if wide else x.T
+
+
+class MuonFamily:
+  """``kind``: "muon", "normuon" or "adamuon"; updates for a list of float64 leaves.
+
+  Muon and NorMuon: m_t = β m + (1−β) g, Nesterov direction
+  β m_t/(1−β^{t+1}) + (1−β) g/(1−β^t); O = NS(direction) per matrix;
+  Muon: O·⟨d, O⟩ if adaptive, then √max(1, n/m) or r·√max(m, n).
+  NorMuon: v_j ← b2 v_j + (1−b2) mean_i O_ij², Ô = O/(√v + eps_unit),
+  Ô·‖O‖/(‖Ô‖ + eps_unit), then the width scale.
+  AdaMuon: m ← b1 m + (1−b1) g; O = NS(sign(m)) (or NS(m)); v ← b2 v + (1−b2) O²;
+  Ô = O/(√(v/(1−b2^t)) + eps); rms·√max(m,n)·√min(m,n)·Ô/(‖Ô‖ + eps).
+  Adam leaves: optax's Adam (Nesterov for Muon and NorMuon). Decoupled decay
+  ``wd·w`` on the matrices, then ``−lr``.
+  """
+
+  def __init__(self, kind, lr, layouts, beta=0.95, b2=0.95, eps=1e-8, eps_unit=1e-10,
+               consistent_rms=None, adaptive=False, sign=True, rms=0.2, nesterov=None,
+               adam_b1=0.9, adam_b2=0.999, weight_decay=0.0, steps=5):
+    self.kind, self.lr, self.layouts = kind, lr, layouts
+    self.beta, self.b2, self.eps, self.eps_unit = beta, b2, eps, eps_unit
+    self.consistent_rms, self.adaptive, self.sign, self.rms = consistent_rms, adaptive, sign, rms
+    self.nesterov = (kind != "adamuon") if nesterov is None else nesterov
+    self.adam_b1, self.adam_b2, self.wd, self.steps = adam_b1, adam_b2, weight_decay, steps
+    self.t = 0
+    self.m = self.v = None
+
+  def _width(self, m, n):
+    if self.consistent_rms is None:
+      return np.sqrt(max(1.0, n / m))
+    return self.consistent_rms * np.sqrt(max(m, n))
+
+  def _matrix(self, i, x, shape, axes):
+    """The direction of one Muon leaf (its momentum already updated)."""
+    t, beta = self.t, self.beta
+    if self.kind == "adamuon":
+      d = np.sign(self.m[i]) if self.sign else self.m[i]
+    elif self.nesterov:
+      d = beta * self.m[i] / (1 - beta ** (t + 1)) + (1 - beta) * x / (1 - beta**t)
+    else:
+      d = self.m[i] / (1 - beta**t)
+    mats = to_matrices(d, axes)
+    o = np.stack([newton_schulz(a, steps=self.steps, eps=self.eps) for a in mats])
+    _, m, n = o.shape
+    if self.kind == "muon":
+      if self.adaptive:
+        o = o * np.sum(mats * o, axis=(1, 2), keepdims=True)
+      o = o * self._width(m, n)
+    elif self.kind == "normuon":
+      if self.v[i] is None:
+        self.v[i] = np.zeros((o.shape[0], 1, n))
+      self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * np.mean(o**2, axis=1, keepdims=True)
+      oh = o / (np.sqrt(self.v[i]) + self.eps_unit)
+      fro = lambda z: np.sqrt(np.sum(z**2, axis=(1, 2), keepdims=True))
+      o = oh * fro(o) / (fro(oh) + self.eps_unit) * self._width(m, n)
+    else:
+      if self.v[i] is None:
+        self.v[i] = np.zeros_like(o)
+      self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * o**2
+      oh = o / (np.sqrt(self.v[i] / (1 - self.b2**t)) + self.eps)
+      fro = np.sqrt(np.sum(oh**2, axis=(1, 2), keepdims=True))
+      o = self.rms * np.sqrt(max(m, n)) * np.sqrt(min(m, n)) * oh / (fro + self.eps)
+    return from_matrices(o, shape, axes)
+
+  def __call__(self, g_leaves, w_leaves):
+    g = [x for _, x in g_leaves]
+    w = [x for _, x in w_leaves]
+    if self.m is None:
+      self.m = [np.zeros_like(x) for x in g]
+      self.v = [None if a is not None else np.zeros_like(x)
+                for x, a in zip(g, self.layouts, strict=True)]
+    self.t += 1
+    t = self.t
+    out = []
+    for i, (x, wi, axes) in enumerate(zip(g, w, self.layouts, strict=True)):
+      if axes is None:  # Adam, as optax.adam (nesterov like the Muon leaves)
+        b1, b2 = self.adam_b1, self.adam_b2
+        self.m[i] = b1 * self.m[i] + (1 - b1) * x
+        self.v[i] = b2 * self.v[i] + (1 - b2) * x**2
+        if self.nesterov:
+          mh = b1 * self.m[i] / (1 - b1 ** (t + 1)) + (1 - b1) * x / (1 - b1**t)
+        else:
+          mh = self.m[i] / (1 - b1**t)
+        vh = self.v[i] / (1 - b2**t)
+        eps = self.eps
+        out.append(-self.lr * mh / (np.sqrt(vh) + eps))
+        continue
+      b = self.beta
+      self.m[i] = b * self.m[i] + (1 - b) * x
+      u = self._matrix(i, x, x.shape, axes)
+      out.append(-self.lr * (u + self.wd * wi))
+    return out
+
+
+def unit_rms(o_leaves, v, layouts, decay=0.95, eps=1e-10):
+  """One step of NorMuon's normalization alone on float64 leaves (``v`` a
+  list, updated in place; None for a leaf that is no matrix, which passes)."""
+  out = []
+  for i, (x, axes) in enumerate(zip(o_leaves, layouts, strict=True)):
+    if axes is None:
+      out.append(x)
+      continue
+    o = to_matrices(x, axes)
+    if v[i] is None:
+      v[i] = np.zeros((o.shape[0], 1, o.shape[2]))
+    v[i] = decay * v[i] + (1 - decay) * np.mean(o**2, axis=1, keepdims=True)
+    oh = o / (np.sqrt(v[i]) + eps)
+    fro = lambda z: np.sqrt(np.sum(z**2, axis=(1, 2), keepdims=True))
+    out.append(from_matrices(oh * fro(o) / (fro(oh) + eps), x.shape, axes))
+  return out
