@@ -1,30 +1,43 @@
-"""Norms on a transformer: the normalized step under the spectral norm (Muon),
-Scion's per-layer norms, the Euclidean block norm (adam_ng) and Adam.
+"""Norms on a transformer with Flax's own attention: Muon under three
+layouts (the shape rule, the layer view, per head), optax's Muon, Scion with
+roles, and Adam.
 
-Issue 18 asks whether the normalized step pays on the model class people
-train most, a transformer, once the norm is the right one. This script takes
-the scanned character LM of ``benchmarks/scanned_lm.py`` (its model, data and
-helpers, imported, on CPython's ``pydoc_data.topics``; blocks ``nn.scan``-ned
-under ``"layers"``), shrunk for every optimizer alike (:data:`FULL`), and
-compares, each at its own tuned step size (``_common.TUNING_RULE``):
+Issue 18 asked whether the normalized step pays on a transformer once the
+norm is the right one; issue 28 asks which matrix a spectral optimizer should
+see in a real attention layer. This script's model is a scanned character LM
+(:class:`CharLM`, on CPython's ``pydoc_data.topics``, with scanned_lm's data
+and helpers): pre-LayerNorm blocks of Flax's ``nn.MultiHeadDotProductAttention``
+(causal mask; q/k/v kernels ``(d, heads, head_dim)``, out ``(heads,
+head_dim, d)``) and a GELU MLP 4x, ``nn.scan``-ned under ``"layers"``;
+positions an ``nn.Embed`` looked up on ``arange(t)``; an ``nn.Dense`` head
+``"head"``. Shrunk for every optimizer alike (:data:`FULL`), it compares,
+each at its own tuned step size (``_common.TUNING_RULE``):
 
   * ``adam``: ``optax.adam(lr)``;
-  * ``adam_ng(stacked)``: ``normopt.adam_ng(lr, stacked=stacked_under("layers"))``,
-    the Euclidean norm per layer slice;
-  * ``muon (normopt)``: ``normopt.muon(lr, stacked=...)``, the spectral norm
-    on every hidden matrix slice (Nesterov momentum, Newton-Schulz polar
-    factor, width scale);
+  * ``muon (shape rule)``: ``normopt.muon(lr, layout=shape_rule_layout)``,
+    the matrices of the last release's shape rule: every non-stacked axis but
+    the last is the fan-in, the last the fan-out, so a q/k/v kernel ``(L, d,
+    H, hd)`` is ``L`` matrices ``(d·H, hd)`` and the out kernel ``(L, H, hd,
+    d)`` ``L`` matrices ``(H·hd, d)`` (:func:`shape_rule_layout`);
+  * ``muon (layer)``: ``normopt.muon(lr, layout=param_layouts(model, x,
+    head="head"))``: each layer's own map, q/k/v ``d → H·hd``, out ``H·hd →
+    d``;
+  * ``muon (per head)``: the same with ``attention="head"``: each head's
+    q/k/v ``d → hd`` and out ``hd → d`` its own matrix;
   * ``muon (optax)``: ``optax.contrib.muon(lr, muon_weight_dimension_numbers=
-    ...)`` with ``MuonDimensionNumbers(reduction_axis=1, output_axis=2)`` for
-    the stacked ``(L, fan_in, fan_out)`` kernels (axis 0 a batch axis): the
-    reference;
-  * ``scion``: ``normopt.scion(lr, norms=..., radius=...)``, unconstrained
-    (uSCG), with the reference's per-layer norms for GPT-style models
-    (:data:`SCION_NORMS`, :data:`SCION_RADIUS`).
+    layouts.dimension_numbers(params))`` of the layer view: the reference;
+  * ``scion (roles)``: ``normopt.scion(lr, layout=param_layouts(model, x,
+    head="head"), radius=...)``, unconstrained (uSCG), its per-leaf norms
+    picked by ``norms="auto"`` from the roles (hidden spectral, embeddings
+    col, head sign, norms and biases bias_rms) at the reference's radii for
+    GPT-style models (:data:`SCION_RADIUS_HIDDEN`, :data:`SCION_RADIUS_HEAD`).
 
-Both Muons leave the embedding, the positions, the head and the vectors to
-Adam (as modded-nanogpt does; the same mask for both) at ``lr x``
-:data:`ADAM_LR_RATIO`: one tuned knob moves the whole network.
+Every Muon leaves the embeddings (tokens and positions), the head, the
+LayerNorms and the biases to Adam (as modded-nanogpt does; the same split for
+all four) at ``lr x`` :data:`ADAM_LR_RATIO`: one tuned knob moves the whole
+network. The four Muons differ only in the matrices of the attention kernels
+(the MLP kernels are ``(L, d, 4d)`` / ``(L, 4d, d)`` in every view; the out
+kernel is ``H·hd → d`` under the shape rule and the layer view alike).
 
 The protocol: a log grid of step sizes about sqrt(10) apart, 2 selection
 seeds trained on the training text minus its last 20% and scored on that
@@ -40,7 +53,7 @@ Run from the repository root::
 
   python benchmarks/norms_lm.py                          # full run
   python benchmarks/norms_lm.py --quick --out /tmp/nlm   # seconds
-  python benchmarks/norms_lm.py --methods scion --out /tmp/part2
+  python benchmarks/norms_lm.py --methods "scion (roles)" --out /tmp/part2
   python benchmarks/norms_lm.py --merge /tmp/part1 /tmp/part2
 
 Only a full run of every method (or a complete ``--merge``) writes
@@ -53,6 +66,7 @@ import sys
 import time
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,109 +79,196 @@ import scanned_lm
 STACK = scanned_lm.STACK
 
 # Shrunk from scanned_lm.FULL (8 x 128, context 64, 1,500 steps) for every
-# optimizer alike, so the whole protocol (about 90 training runs) fits in
-# about 45 minutes on a shared 2-core CPU (measured at load 8-14: 5 runs of
-# 100 steps at d_model 64 took 14-19 s of CPU time).
+# optimizer alike, so the whole protocol (about 100 training runs) fits in
+# under an hour on a shared 2-core CPU.
 FULL = dict(layers=4, d_model=48, heads=4, context=32, batch=16, steps=400,
             eval_every=50, eval_batches=8, grid_n=5, width=5, xla_options=None)
 QUICK = dict(layers=2, d_model=16, heads=2, context=8, batch=4, steps=8,
              eval_every=4, eval_batches=1, grid_n=2, width=2,
              xla_options=_common.QUICK_CHEAP_COMPILE_OPTIONS)
 
-METHODS = ("adam", "adam_ng(stacked)", "muon (normopt)", "muon (optax)",
-           "scion")
+METHODS = ("adam", "muon (shape rule)", "muon (layer)", "muon (per head)",
+           "muon (optax)", "scion (roles)")
 # A quick run compiles one program per method (most of its time): two keep
-# it to seconds, with one claim; --methods adds the others.
-QUICK_METHODS = ("adam", "muon (normopt)")
+# it to seconds, with one claim (the layouts one); --methods adds the others.
+QUICK_METHODS = ("muon (shape rule)", "muon (layer)")
 # Grid centres: Adam's usual 1e-3..3e-3; Muon's 0.02 (Jordan et al.);
 # Scion's lr at the reference's radii (its GPT example: 0.00036 at radius
 # 50 for the hidden matrices, 3000 for the head).
-GRID_CENTERS = {"adam": 2e-3, "adam_ng(stacked)": 2e-3, "muon (normopt)": 0.02,
-                "muon (optax)": 0.02, "scion": 4e-4}
-# The Adam leaves of both Muons (embedding, positions, head, vectors) step at
+GRID_CENTERS = {"adam": 2e-3, "muon (shape rule)": 0.02, "muon (layer)": 0.02,
+                "muon (per head)": 0.02, "muon (optax)": 0.02,
+                "scion (roles)": 4e-4}
+MUONS = ("muon (shape rule)", "muon (layer)", "muon (per head)",
+         "muon (optax)")
+# The Adam leaves of every Muon (embeddings, head, norms, biases) step at
 # lr x this: 0.02 -> 2e-3, Adam's usual step size.
 ADAM_LR_RATIO = 0.1
-# Scion's per-layer norms for GPT-style models (the paper's and the
-# reference's nanoGPT setup): embedding tables "col" (each token's vector to
-# unit RMS), hidden matrices "spectral", the head "sign", vectors "bias_rms".
-# Radii: the reference's GPT example (hidden 50, head 50 x 60); the
-# embedding and position tables take the hidden radius.
+# Scion's radii: the reference's GPT example (hidden 50, head 50 x 60); every
+# other leaf (embeddings, norms, biases) takes the hidden radius.
 SCION_RADIUS_HIDDEN = 50.0
 SCION_RADIUS_HEAD = 3000.0
+SCION_MOMENTUM = 0.1
 
+PAPER_LAYER = ("issue 28: the shape rule orthogonalizes Flax's q/k/v kernels "
+               "(d, H, hd) as (d·H, hd) matrices, not the layer's d → H·hd "
+               "map; a layout read from the model gives the layer's own "
+               "matrix (no published number)")
+PAPER_HEAD = ("issue 28: recent large runs orthogonalize attention per head "
+              "(each head's q/k/v d → hd, out hd → d); no published "
+              "comparison with the layer view at this scale")
 PAPER_MUON = ("Jordan et al. 2024: Muon trains transformers faster than "
               "AdamW (NanoGPT speedrun); qualitative, no number reproduced")
 PAPER_SCION = ("Pethick et al. 2025: Scion (uSCG) trains nanoGPT to a lower "
                "validation loss than AdamW at the same budget; qualitative")
-PAPER_EQUAL = ("issue 18: normopt's Muon recipe equals optax.contrib.muon to "
-               "float32 roundoff per step (tests/test_muon.py)")
-PAPER_NG = ("context: scanned_lm (untuned, 3 seeds) had adam_ng(stacked) "
-            "1.546 vs Adam 1.520 val nats/char")
+PAPER_EQUAL = ("issue 28: muon(layout=param_layouts(model, x)) equals "
+               "optax.contrib.muon with layouts.dimension_numbers(params) to "
+               "float32 roundoff per step (tests/test_layouts.py)")
 
 
 # ----------------------------------------------------------------------------
-# Optimizers: name -> lr -> optax transformation (lr may be traced).
+# The model: Flax's own attention, blocks scanned under "layers".
 # ----------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+  """Pre-LN block: causal ``nn.MultiHeadDotProductAttention``, GELU MLP 4x."""
+  d_model: int
+  heads: int
+
+  @nn.compact
+  def __call__(self, x, _=None):
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:-1], jnp.int32))
+    h = nn.LayerNorm(name="ln_attn")(x)
+    x = x + nn.MultiHeadDotProductAttention(self.heads, name="attn")(
+        h, mask=mask)
+    h = nn.LayerNorm(name="ln_mlp")(x)
+    h = nn.gelu(nn.Dense(4 * self.d_model, name="mlp_in")(h))
+    return x + nn.Dense(self.d_model, name="mlp_out")(h), None
+
+
+class CharLM(nn.Module):
+  """Token and position embeddings, ``layers`` scanned blocks, LayerNorm, head."""
+  vocab: int
+  layers: int
+  d_model: int
+  heads: int
+  context: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    t = tokens.shape[-1]
+    x = nn.Embed(self.vocab, self.d_model, name="embed")(tokens)
+    # Positions: an embedding table looked up on 0..t-1 (a known layer).
+    x = x + nn.Embed(self.context, self.d_model,
+                     embedding_init=nn.initializers.normal(0.02),
+                     name="pos")(jnp.arange(t))
+    stack = nn.scan(Block, variable_axes={"params": 0},
+                    split_rngs={"params": True}, length=self.layers)
+    x, _ = stack(self.d_model, self.heads, name=STACK)(x, None)
+    x = nn.LayerNorm(name="ln_out")(x)
+    # Small head init: the first loss is ln(vocab), chance, for any width.
+    return nn.Dense(self.vocab, kernel_init=nn.initializers.normal(0.02),
+                    name="head")(x)
+
+
+def make_model(cfg, vocab):
+  return CharLM(vocab=vocab, layers=cfg["layers"], d_model=cfg["d_model"],
+                heads=cfg["heads"], context=cfg["context"])
+
+
+def example_tokens(cfg):
+  return jnp.zeros((1, cfg["context"]), jnp.int32)
+
+
+# ----------------------------------------------------------------------------
+# Layouts and optimizers: name -> lr -> optax transformation (lr may be traced).
+# ----------------------------------------------------------------------------
+
+
+def model_layouts(model, cfg, attention="layer"):
+  """``normopt.param_layouts`` of the benchmark's model (head: ``"head"``)."""
+  return normopt.param_layouts(model, example_tokens(cfg), head="head",
+                               attention=attention)
 
 
 def _is_hidden(path, leaf):
-  """A stacked kernel of the scanned blocks: ``layers/<dense>/kernel``."""
+  """A stacked kernel of the scanned blocks: ``layers/.../kernel``."""
   keys = [getattr(k, "key", None) for k in path]
-  return keys[0] == STACK and keys[-1] == "kernel" and jnp.ndim(leaf) == 3
+  return keys[0] == STACK and keys[-1] == "kernel" and jnp.ndim(leaf) >= 3
 
 
-def hidden_mask(params):
-  """True on the hidden matrices (Muon's), False elsewhere (Adam's)."""
-  return jax.tree_util.tree_map_with_path(_is_hidden, params)
+def shape_rule_layout(path, leaf):
+  """The last release's shape rule, as a ``layout=`` callable.
 
-
-def optax_dimension_numbers(params):
-  """optax's Muon: ``(L, fan_in, fan_out)`` kernels, axis 0 a batch axis;
-  ``None`` (Adam) for every other leaf."""
-  dn = optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=2)
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: dn if _is_hidden(p, x) else None, params)
-
-
-def scion_norm(path, leaf):
-  """Scion's norm of one leaf (a callable for ``normopt.scion(norms=...)``)."""
-  keys = [getattr(k, "key", None) for k in path]
-  if keys[0] == "head" and keys[-1] == "kernel":
-    return "sign"
-  if keys[0] in ("embed", "pos"):
-    return "col"
-  if _is_hidden(path, leaf):
-    return "spectral"
-  return "bias_rms"
+  A stacked kernel ``(L, *a, n)`` of the blocks: ``L`` matrices
+  ``(∏a, n)`` (every non-stacked axis but the last the fan-in, the last the
+  fan-out). Every other leaf (embeddings, head, norms, biases): ``None``, no
+  matrix (Adam's, as in the other Muons).
+  """
+  if not _is_hidden(path, leaf):
+    return None
+  ndim = jnp.ndim(leaf)
+  return normopt.ParamLayout("hidden", reduction=tuple(range(1, ndim - 1)),
+                             output=(ndim - 1,), batch=(0,), stacked=1,
+                             source="shape rule (last release)")
 
 
 def scion_radius(params):
-  """Per-leaf radius: the head's and the rest's (the reference's GPT ratio)."""
+  """Per-leaf radius: the head kernel's and the rest's (the reference's GPT
+  ratio)."""
   return jax.tree_util.tree_map_with_path(
       lambda p, _: SCION_RADIUS_HEAD if getattr(p[0], "key", None) == "head"
       and getattr(p[-1], "key", None) == "kernel" else SCION_RADIUS_HIDDEN,
       params)
 
 
-def make_optimizers(params_shape):
-  """name -> ``lr -> optimizer`` for every method this normopt provides."""
-  stacked = normopt.stacked_under(STACK)
-  opts = {
+def make_optimizers(params_shape, model, cfg):
+  """name -> ``lr -> optimizer`` for every method."""
+  layer = model_layouts(model, cfg)
+  per_head = model_layouts(model, cfg, attention="head")
+  dims = layer.dimension_numbers(params_shape)
+  radius = scion_radius(params_shape)
+
+  def muon(layout):
+    return lambda lr: normopt.muon(lr, layout=layout,
+                                   adam_learning_rate=lr * ADAM_LR_RATIO)
+
+  return {
       "adam": optax.adam,
-      "adam_ng(stacked)": lambda lr: normopt.adam_ng(lr, stacked=stacked),
-      "muon (normopt)": lambda lr: normopt.muon(
-          lr, stacked=stacked, muon_mask=hidden_mask,
-          adam_learning_rate=lr * ADAM_LR_RATIO),
+      "muon (shape rule)": muon(shape_rule_layout),
+      "muon (layer)": muon(layer),
+      "muon (per head)": muon(per_head),
       "muon (optax)": lambda lr: optax.contrib.muon(
-          lr, muon_weight_dimension_numbers=optax_dimension_numbers,
+          lr, muon_weight_dimension_numbers=dims,
           adam_learning_rate=lr * ADAM_LR_RATIO),
+      "scion (roles)": lambda lr: normopt.scion(
+          lr, SCION_MOMENTUM, layout=layer, radius=radius, constrained=False),
   }
-  if hasattr(normopt, "scion"):
-    radius = scion_radius(params_shape)
-    opts["scion"] = lambda lr: normopt.scion(
-        lr, norms=scion_norm, radius=radius, constrained=False,
-        stacked=stacked)
-  return opts
+
+
+def _matrices(pl, shape):
+  b, m, n = pl.matrix_shape(shape)
+  return f"{b} × {m} × {n}"
+
+
+def layouts_record(model, cfg, params_shape):
+  """The layouts of the benchmark's model: the printed tables (layer view and
+  per head) and, per attention kernel, its matrices under each view."""
+  layer = model_layouts(model, cfg)
+  per_head = model_layouts(model, cfg, attention="head")
+  flat = jax.tree_util.tree_flatten_with_path(params_shape)[0]
+  views = {}
+  for path, leaf in flat:
+    name = "/".join(getattr(k, "key", str(k)) for k in path)
+    if not (name.startswith(f"{STACK}/") and name.endswith("/kernel")):
+      continue
+    shape = tuple(leaf.shape)
+    views[name] = {"shape": list(shape),
+                   "shape rule": _matrices(shape_rule_layout(path, leaf), shape),
+                   "layer": _matrices(layer(path, leaf), shape),
+                   "per head": _matrices(per_head(path, leaf), shape)}
+  return {"layer": str(layer), "per_head": str(per_head),
+          "hidden_matrices": views}
 
 
 # ----------------------------------------------------------------------------
@@ -320,14 +421,17 @@ def tune_and_run(name, make_tx, model, cfg, splits, quiet=False):
 # ----------------------------------------------------------------------------
 
 CLAIMS = (
-    ("spectral-normalized momentum (normopt muon) beats tuned Adam",
-     "muon (normopt)", "adam", PAPER_MUON),
-    ("Scion beats tuned Adam", "scion", "adam", PAPER_SCION),
-    ("normopt's Muon recipe and optax's Muon are within noise of each other",
-     "muon (normopt)", "muon (optax)", PAPER_EQUAL),
-    ("adam_ng(stacked) beats tuned Adam", "adam_ng(stacked)", "adam", PAPER_NG),
+    ("Muon with the model's layouts (layer view) beats Muon with the shape "
+     "rule", "muon (layer)", "muon (shape rule)", PAPER_LAYER),
+    ("Muon per head beats Muon's layer view", "muon (per head)",
+     "muon (layer)", PAPER_HEAD),
+    ("Muon (layer view) beats tuned Adam", "muon (layer)", "adam", PAPER_MUON),
+    ("Scion with roles beats tuned Adam", "scion (roles)", "adam",
+     PAPER_SCION),
+    ("normopt's Muon (layer view) and optax's Muon are within noise of each "
+     "other", "muon (layer)", "muon (optax)", PAPER_EQUAL),
 )
-EQUIVALENCE = CLAIMS[2][0]
+EQUIVALENCE = CLAIMS[4][0]
 METRIC = "final held-out validation loss (nats/char)"
 
 
@@ -368,14 +472,12 @@ def run(cfg, methods, quiet=False):
   t_wall, t_cpu, started = time.perf_counter(), time.process_time(), time.time()
   # The sources that decide the numbers, as they are when the run starts.
   sources = {f: sha for f in ("muon_recipe.py", "scion_lmo.py", "norms.py",
-                              "normalization.py") if (sha := _file_sha(f))}
+                              "normalization.py", "layouts.py")
+             if (sha := _file_sha(f))}
   splits, vocab = load_splits()
-  model, _ = scanned_lm.make_models(cfg, len(vocab))
+  model = make_model(cfg, len(vocab))
   shape = jax.eval_shape(lambda: scanned_lm.init_params(model, 0, cfg))
-  opts = make_optimizers(shape)
-  missing = [m for m in methods if m not in opts]
-  if missing:
-    raise SystemExit(f"not in this normopt: {missing}")
+  opts = make_optimizers(shape, model, cfg)
   tuning, selection, results, final, seconds = {}, {}, {}, {}, {}
   for name in methods:
     t0 = time.perf_counter()
@@ -394,14 +496,16 @@ def run(cfg, methods, quiet=False):
       "config": dict(
           cfg, methods=list(methods), grid_centers=dict(GRID_CENTERS),
           adam_lr_ratio=ADAM_LR_RATIO,
-          scion=dict(norms="embed, pos: col; layers/*/kernel: spectral; "
-                     "head/kernel: sign; every vector: bias_rms",
+          scion=dict(norms="auto from the layer-view roles: embeddings "
+                     "(embed, pos) col; hidden kernels (layers/*/kernel) "
+                     "spectral; head/kernel sign; norms and biases bias_rms",
                      radius_hidden=SCION_RADIUS_HIDDEN,
-                     radius_head=SCION_RADIUS_HEAD, momentum=0.1,
+                     radius_head=SCION_RADIUS_HEAD, momentum=SCION_MOMENTUM,
                      constrained=False),
-          muon_mask="hidden stacked kernels (layers/*/kernel) to Muon; "
-          "embed, pos, head, LayerNorms to Adam at lr x adam_lr_ratio "
-          "(both Muons)",
+          muon_split="the hidden stacked kernels (layers/*/kernel) to Muon; "
+          "embeddings (embed, pos), head, LayerNorms and biases to Adam at "
+          "lr x adam_lr_ratio (every Muon)",
+          layouts=layouts_record(model, cfg, shape),
           select_seeds=list(_common.SELECT_SEEDS),
           final_seeds=list(_common.FINAL_SEEDS),
           selection_metric="final loss on the selection split (last 20% of "
@@ -413,8 +517,10 @@ def run(cfg, methods, quiet=False):
           data="pydoc_data.topics (CPython help texts) as in scanned_lm: "
           "last 10% of characters held out (reported); selection trains on "
           "the first 80% of the rest and scores the last 20%",
-          model="scanned_lm.CharLM (pre-LN char transformer, blocks "
-          f"nn.scan-ned under '{STACK}'), shrunk",
+          model="norms_lm.CharLM: pre-LN char transformer, Flax's "
+          "nn.MultiHeadDotProductAttention (causal mask) and a GELU MLP 4x per "
+          f"block, blocks nn.scan-ned under '{STACK}'; positions an nn.Embed "
+          "on arange(t); an nn.Dense head 'head'",
           machine=_common.machine_info(),
           versions=dict(jax=jax.__version__, optax=optax.__version__,
                         flax=flax.__version__)),
@@ -478,7 +584,8 @@ def _ms(values, digits=3):
 def markdown(payload):
   cfg = payload["config"]
   lines = [
-      f"Character LM on pydoc topics (scanned_lm's model, shrunk):"
+      "Character LM on pydoc topics, pre-LN blocks of Flax's own"
+      " `nn.MultiHeadDotProductAttention` (causal) and a GELU MLP 4x:"
       f" {cfg['layers']} scanned blocks, d_model {cfg['d_model']},"
       f" {cfg['heads']} heads, context {cfg['context']}, batch {cfg['batch']},"
       f" {cfg['steps']} steps, {cfg['n_params']:,} parameters; constant step"
@@ -518,9 +625,11 @@ def markdown(payload):
               " containing 0 does not prove equality: its width and the"
               " largest per-seed difference bound how far apart they can be"
               " here."]
+  lines += layouts_markdown(cfg)
   s = cfg["scion"]
   lines += [
-      "", f"Muons: {cfg['muon_mask']} ({cfg['adam_lr_ratio']:g}). Scion"
+      "", f"Muons: {cfg['muon_split']}; adam_lr_ratio"
+      f" {cfg['adam_lr_ratio']:g}. Scion"
       f" (uSCG, momentum {s['momentum']}): {s['norms']}; radius"
       f" {s['radius_hidden']:g}, head {s['radius_head']:g}.",
       "", f"Tuning: {cfg['tuning_rule']} Here the \"training set\" is the"
@@ -537,8 +646,30 @@ def markdown(payload):
   return "\n".join(lines) + "\n"
 
 
+def layouts_markdown(cfg):
+  """The layouts table of the benchmark's model and the hidden kernels'
+  matrices under the three views."""
+  lay = cfg.get("layouts")
+  if not lay:
+    return []
+  lines = ["", "Layouts of the benchmark's model,"
+           " `str(normopt.param_layouts(model, x, head=\"head\"))` (the"
+           " layer view; `muon (layer)`, `muon (optax)` and `scion (roles)`"
+           " use it):", "", "```", lay["layer"], "```", "",
+           "The hidden kernels' matrices (B × fan_in × fan_out) under each"
+           " Muon's layout (per head: `attention=\"head\"`, heads a batch"
+           " axis):", "",
+           "| kernel | shape | shape rule | layer | per head |",
+           "|---|---|---|---|---|"]
+  for name, v in lay["hidden_matrices"].items():
+    lines.append(f"| {name} | {tuple(v['shape'])} | {v['shape rule']} |"
+                 f" {v['layer']} | {v['per head']} |")
+  return lines
+
+
 def page(payload):
-  return "# Norms on a scanned char LM\n\n" + markdown(payload)
+  return ("# Norms on a scanned char LM with Flax's attention\n\n"
+          + markdown(payload))
 
 
 def plot(payload):
@@ -562,8 +693,9 @@ def plot(payload):
     ax.set_ylim(lo - 0.1, lo + 1.2)
     ax.legend(fontsize=8)
   cfg = payload["config"]
-  fig.suptitle(f"Char LM ({cfg['layers']} scanned blocks, d {cfg['d_model']}):"
-               " each optimizer at its tuned step size", fontsize=11)
+  fig.suptitle(f"Char LM, Flax attention ({cfg['layers']} scanned blocks,"
+               f" d {cfg['d_model']}): each optimizer at its tuned step size",
+               fontsize=11)
   return fig
 
 

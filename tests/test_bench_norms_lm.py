@@ -1,4 +1,5 @@
-"""benchmarks/norms_lm.py: quick run, tuning records, paired seeds, claims, merge, JSON."""
+"""benchmarks/norms_lm.py: quick run, layouts, tuning records, paired seeds, claims,
+merge, JSON."""
 
 import json
 import pathlib
@@ -6,6 +7,9 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+
+# A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "norms_lm.json"
@@ -82,14 +86,57 @@ def test_quick_writes_json_table_and_plot(quick, load_bench):
       assert np.all(np.isfinite(arr))
   assert (out / "norms_lm.png").stat().st_size > 10_000
   md = (out / "norms_lm.md").read_text()
-  assert "| muon (normopt) |" in md and "| verdict |" in md
+  assert "| muon (layer) |" in md and "| muon (shape rule) |" in md
+  assert "| verdict |" in md
+  # The layouts table of the benchmark's model, printed in the page and
+  # saved in the JSON, and the per-view matrices of the attention kernels.
+  assert payload["config"]["layouts"]["layer"] in md
+  _check_layouts_record(mod, payload["config"])
+  for row in payload["config"]["layouts"]["hidden_matrices"].values():
+    assert f"| {row['shape rule']} | {row['layer']} | {row['per head']} |" in md
   _check_tuning(payload, load_bench("_common"), committed=False)
+
+
+def _check_layouts_record(mod, cfg):
+  """The saved layouts: q/k/v d → H·hd (layer), H matrices d → hd (per
+  head), (d·H) → hd under the shape rule; the MLP kernels alike in all."""
+  L, d, H = cfg["layers"], cfg["d_model"], cfg["heads"]
+  hd = d // H
+  rec = cfg["layouts"]
+  views = rec["hidden_matrices"]
+  assert set(views) == {f"layers/attn/{n}/kernel" for n in
+                        ("query", "key", "value", "out")} | {
+                            "layers/mlp_in/kernel", "layers/mlp_out/kernel"}
+  for n in ("query", "key", "value"):
+    v = views[f"layers/attn/{n}/kernel"]
+    assert v["shape"] == [L, d, H, hd]
+    assert v["layer"] == f"{L} × {d} × {H * hd}"
+    assert v["per head"] == f"{L * H} × {d} × {hd}"
+    assert v["shape rule"] == f"{L} × {d * H} × {hd}" != v["layer"]
+  out = views["layers/attn/out/kernel"]
+  assert out["layer"] == out["shape rule"] == f"{L} × {H * hd} × {d}"
+  assert out["per head"] == f"{L * H} × {hd} × {d}"
+  for n, (m, k) in (("mlp_in", (d, 4 * d)), ("mlp_out", (4 * d, d))):
+    v = views[f"layers/{n}/kernel"]
+    assert v["layer"] == v["per head"] == v["shape rule"] == f"{L} × {m} × {k}"
+  # The tables as normopt prints them, for this model and config.
+  model = mod.make_model(cfg, cfg["vocab"])
+  assert rec["layer"] == str(mod.model_layouts(model, cfg))
+  assert rec["per_head"] == str(mod.model_layouts(model, cfg, attention="head"))
+  rows = {r.split()[0]: r for r in rec["layer"].splitlines()[2:]}
+  assert "pos/embedding" in rows and " embedding " in rows["pos/embedding"]
+  assert " head " in rows["head/kernel"]
+  assert f"{L} × {d} × {H * hd}" in rows["layers/attn/query/kernel"]
+  assert " bias " in rows["layers/attn/query/bias"]
+  assert f"{L * H} × {d} × {hd}" in rec["per_head"]
 
 
 def test_quick_claims_follow_the_verdict_rule(quick, load_bench):
   _, _, payload = quick
   _check_claims(payload, load_bench("_common"))
   assert [c["claim"] for c in payload["claims"]] == [quick[0].CLAIMS[0][0]]
+  c = payload["claims"][0]
+  assert (c["method_a"], c["method_b"]) == ("muon (layer)", "muon (shape rule)")
 
 
 def test_quick_runs_are_paired(quick):
@@ -124,43 +171,113 @@ def test_merge_of_parts_is_the_whole(quick):
     mod.merge([parts[0], bad])
 
 
-def test_masks_and_norms_pick_the_layers(load_bench):
+def _names(path):
+  return "/".join(k.key for k in path)
+
+
+def test_layouts_and_optimizers_of_the_model(load_bench):
   import optax
 
+  import normopt
+
   mod = load_bench("norms_lm")
-  scanned_lm = load_bench("scanned_lm")
-  cfg = mod.QUICK
-  model, _ = scanned_lm.make_models(cfg, 20)
-  params = jax.eval_shape(lambda: scanned_lm.init_params(model, 0, cfg))
-  flat = {"/".join(k.key for k in path): v for path, v in
-          jax.tree_util.tree_leaves_with_path(mod.hidden_mask(params))}
-  assert {k for k, v in flat.items() if v} == {
-      f"layers/{d}/kernel" for d in ("qkv", "attn_out", "mlp_in", "mlp_out")}
-  dims = mod.optax_dimension_numbers(params)
-  assert dims["layers"]["qkv"]["kernel"] == optax.contrib.MuonDimensionNumbers(1, 2)
+  cfg = dict(mod.QUICK)
+  L, d, H = cfg["layers"], cfg["d_model"], cfg["heads"]
+  hd = d // H
+  model = mod.make_model(cfg, 20)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), mod.example_tokens(cfg))["params"])
+  flat = {_names(p): (p, x) for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  assert flat["layers/attn/query/kernel"][1].shape == (L, d, H, hd)
+  assert flat["layers/attn/out/kernel"][1].shape == (L, H, hd, d)
+  assert flat["pos/embedding"][1].shape == (cfg["context"], d)
+  layer = mod.model_layouts(model, cfg)
+  per_head = mod.model_layouts(model, cfg, attention="head")
+  kinds = {k: layer(*flat[k]).kind for k in flat}
+  assert kinds["embed/embedding"] == kinds["pos/embedding"] == "embedding"
+  assert kinds["head/kernel"] == "head"
+  assert kinds["layers/attn/query/bias"] == kinds["head/bias"] == "bias"
+  assert kinds["layers/ln_attn/scale"] == "norm"
+  hidden = {k for k, v in kinds.items() if v == "hidden"}
+  assert hidden == {k for k in flat if k.startswith("layers/") and k.endswith("/kernel")}
+  assert not layer.unknown()
+  for n in ("query", "key", "value"):
+    p, x = flat[f"layers/attn/{n}/kernel"]
+    lay = layer(p, x)
+    assert (lay.batch, lay.reduction, lay.output, lay.stacked) == ((0,), (1,), (2, 3), 1)
+    assert lay.matrix_shape(x.shape) == (L, d, H * hd)
+    assert per_head(p, x).matrix_shape(x.shape) == (L * H, d, hd)
+    rule = mod.shape_rule_layout(p, x)
+    assert rule.matrix_shape(x.shape) == (L, d * H, hd)
+    assert (rule.reduction, rule.output) != (lay.reduction, lay.output)
+  p, x = flat["layers/attn/out/kernel"]
+  assert per_head(p, x).matrix_shape(x.shape) == (L * H, hd, d)
+  assert mod.shape_rule_layout(p, x).matrix_shape(x.shape) == layer(p, x).matrix_shape(
+      x.shape) == (L, H * hd, d)
+  # The shape rule's Muon/Adam split is the others': no matrix off the blocks.
+  assert {k for k in flat if mod.shape_rule_layout(*flat[k]) is not None} == hidden
+  dims = layer.dimension_numbers(shapes)
+  assert dims["layers"]["attn"]["query"]["kernel"] == optax.contrib.MuonDimensionNumbers(
+      (1,), (2, 3))
+  assert dims["layers"]["mlp_in"]["kernel"] == optax.contrib.MuonDimensionNumbers((1,), (2,))
   assert dims["embed"]["embedding"] is None and dims["head"]["kernel"] is None
-  norms = {"/".join(k.key for k in path): mod.scion_norm(path, v) for path, v in
-           jax.tree_util.tree_leaves_with_path(params)}
-  assert norms["head/kernel"] == "sign"
-  assert norms["embed/embedding"] == norms["pos"] == "col"
-  assert norms["layers/mlp_in/kernel"] == "spectral"
-  assert norms["head/bias"] == norms["layers/ln_attn/scale"] == "bias_rms"
-  # The two Muons, as the benchmark builds them, take the same step.
+  assert dims["pos"]["embedding"] is None and dims["layers"]["attn"]["query"]["bias"] is None
+  radius = mod.scion_radius(shapes)
+  assert radius["head"]["kernel"] == mod.SCION_RADIUS_HEAD
+  assert radius["head"]["bias"] == radius["layers"]["attn"]["query"][
+      "kernel"] == mod.SCION_RADIUS_HIDDEN
+
+  # One step of each optimizer as the benchmark builds it.
   rng = np.random.default_rng(0)
   params, grads = (jax.tree.map(
-      lambda x: rng.standard_normal(x.shape).astype(np.float32), params)
+      lambda x: rng.standard_normal(x.shape).astype(np.float32), shapes)
       for _ in range(2))
-  opts = mod.make_optimizers(params)
-  steps = []
-  for name in ("muon (normopt)", "muon (optax)"):
-    tx = opts[name](0.02)
-    steps.append(jax.jit(lambda g, p, tx=tx: tx.update(g, tx.init(p), p)[0])(
-        grads, params))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               *steps)
-  radius = mod.scion_radius(params)
-  assert radius["head"]["kernel"] == mod.SCION_RADIUS_HEAD
-  assert radius["layers"]["qkv"]["kernel"] == mod.SCION_RADIUS_HIDDEN
+  opts = mod.make_optimizers(shapes, model, cfg)
+  assert set(opts) == set(mod.METHODS)
+
+  def step(tx):
+    return {_names(p): np.asarray(u) for p, u in jax.tree_util.tree_leaves_with_path(
+        jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params))}
+
+  steps = {name: step(opts[name](0.02)) for name in mod.MUONS}
+  # normopt's Muon (layer view) is optax's with the layouts' dimension numbers.
+  for k, u in steps["muon (layer)"].items():
+    np.testing.assert_allclose(u, steps["muon (optax)"][k], atol=1e-6, err_msg=k)
+  # The views differ exactly where their matrices do.
+  qkv = {f"layers/attn/{n}/kernel" for n in ("query", "key", "value")}
+  for other, differ in (("muon (shape rule)", qkv),
+                        ("muon (per head)", qkv | {"layers/attn/out/kernel"})):
+    for k, u in steps[other].items():
+      gap = np.abs(u - steps["muon (layer)"][k]).max()
+      assert (gap > 1e-3) if k in differ else (gap < 1e-6), (other, k, gap)
+  # Each view's q step is Muon's step on its own matrix of the gradient:
+  # layer (d, H·hd), shape rule (d·H, hd), per head each (d, hd).
+  g = grads["layers"]["attn"]["query"]["kernel"][0]  # layer 0: (d, H, hd)
+
+  def alone(m):
+    tx = normopt.muon(0.02)
+    return np.asarray(jax.jit(lambda m: tx.update(m, tx.init(m), m)[0])(m))
+
+  q = {name: steps[name]["layers/attn/query/kernel"][0] for name in mod.MUONS}
+  np.testing.assert_allclose(q["muon (layer)"].reshape(d, H * hd),
+                             alone(g.reshape(d, H * hd)), atol=1e-6)
+  np.testing.assert_allclose(q["muon (shape rule)"].reshape(d * H, hd),
+                             alone(g.reshape(d * H, hd)), atol=1e-6)
+  for h in range(H):
+    np.testing.assert_allclose(q["muon (per head)"][:, h], alone(g[:, h]),
+                               atol=1e-6)
+  # Scion's "auto" picks the norms from the roles: the explicit per-role norms
+  # give the same step.
+  by_kind = {"hidden": "spectral", "embedding": "col", "head": "sign",
+             "norm": "bias_rms", "bias": "bias_rms"}
+  explicit = normopt.scion(
+      0.02, mod.SCION_MOMENTUM, layout=layer, radius=mod.scion_radius(shapes),
+      norms=lambda p, x: by_kind[layer(p, x).kind])
+  auto = step(opts["scion (roles)"](0.02))
+  for k, u in step(explicit).items():
+    np.testing.assert_allclose(auto[k], u, atol=1e-6, err_msg=k)
+  head = auto["head/kernel"]
+  np.testing.assert_allclose(np.abs(head), np.abs(head).max(), rtol=1e-5)  # sign
 
 
 def test_committed_full_results_follow_the_protocol(load_bench):
@@ -181,3 +298,6 @@ def test_committed_full_results_follow_the_protocol(load_bench):
   _check_tuning(payload, common, committed=True)
   _check_claims(payload, common)
   assert [c["claim"] for c in payload["claims"]] == [t for t, *_ in mod.CLAIMS]
+  _check_layouts_record(mod, cfg)
+  md = RESULT.with_suffix(".md").read_text()
+  assert cfg["layouts"]["layer"] in md
