@@ -29,11 +29,21 @@ jitted update + apply_updates with buffers donated, timed with
   256x256 matrices (rows split, ``P("x", None)``): collectives in each
   compiled step's HLO, per-device FLOPs (``cost_analysis``) against the
   single-device total, and the deviation of the sharded results from the
-  unsharded one; optax's Muon on an Explicit mesh, with its error.
+  unsharded one; optax's Muon on an Explicit mesh, with its error;
+* Muon family step (issue 29): ``normopt.normuon`` and ``normopt.adamuon``
+  against ``normopt.muon`` (each with its defaults and ``stacked=``), the
+  three interleaved on the same four trees, step time as above (target: a
+  step <= 1.10x Muon's);
+* preconditioned Newton-Schulz (issue 29): ``normopt.muon(ns_steps=4,
+  preconditioning="aol"|"schatten")`` and plain ``ns_steps=4`` against plain
+  ``ns_steps=5`` (optax's claim: a preconditioned first step saves a step),
+  interleaved on the same trees; and what the step buys: the singular values
+  of ``polar_factors`` of a random 128x128 and 256x1024 matrix for plain-5,
+  plain-4, aol-4 and schatten-4 (max and mean |sigma - 1|).
 
 Usage (from the repository root)::
 
-  python benchmarks/spectral_scale.py            # full: ~10 min on 2 busy cores
+  python benchmarks/spectral_scale.py            # full: ~4-5 min on 2 quiet cores, more busy
   python benchmarks/spectral_scale.py --quick    # seconds, into a temp folder
 
 The full run writes ``benchmarks/results/spectral_scale.{json,md}``.
@@ -66,6 +76,15 @@ import step_overhead
 
 NAME = "spectral_scale"
 VARIANTS = ("grouped", "per_leaf", "optax")
+RATIO_PAIRS = (("grouped", "optax"), ("per_leaf", "optax"), ("grouped", "per_leaf"))
+# Issue 29: the Muon family, each against Muon (its reference), and Muon's
+# Newton-Schulz with a preconditioned first step at one step fewer against
+# the plain one: name -> (ns_steps, preconditioning).
+FAMILY = ("muon", "normuon", "adamuon")
+NS_VARIANTS = {"plain-5": (5, "frobenius"), "plain-4": (4, "frobenius"),
+               "aol-4": (4, "aol"), "schatten-4": (4, "schatten")}
+SIGMA_SHAPES = ((128, 128), (256, 1024))  # random matrices for the sigma table
+LR = 0.02  # the step size of the full optimizers (the timings do not depend on it)
 # The collectives XLA emits (an async pair counts once: its -start).
 COLLECTIVE_RE = re.compile(
     r"\s(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
@@ -81,6 +100,14 @@ TARGETS = [
     for tree in ("kernels150", "gpt_small_cpu")
     for layout in ("separate", "stacked")
     for metric, limit in (("step_ratio", 1.10), ("compile_ratio", 1.15))
+]
+# Issue 29: (tree, layout, method, limit on the median per-repetition step
+# ratio method/muon).
+FAMILY_TARGETS = [
+    (tree, layout, method, 1.10)
+    for tree in ("kernels150", "gpt_small_cpu")
+    for layout in ("separate", "stacked")
+    for method in FAMILY[1:]
 ]
 # The sharded cases held to the targets (an Auto mesh outside set_mesh gives
 # no mesh to split by: reported, not a target).
@@ -140,6 +167,19 @@ def makers(stacked) -> dict[str, Callable[[], optax.GradientTransformation]]:
           "optax": optax_muon(stacked)}
 
 
+def family_makers(stacked) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  """Muon, NorMuon and AdaMuon, each with its defaults (every leaf is a matrix)."""
+  return {name: (lambda name=name: getattr(normopt, name)(LR, stacked=stacked))
+          for name in FAMILY}
+
+
+def ns_makers(stacked) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  """Muon with each of ``NS_VARIANTS``' Newton-Schulz."""
+  return {name: (lambda k=k, pre=pre: normopt.muon(LR, stacked=stacked, ns_steps=k,
+                                                   preconditioning=pre))
+          for name, (k, pre) in NS_VARIANTS.items()}
+
+
 # ----------------------------------------------------------------------------
 # Measurement (step_overhead's Variant; three variants interleaved).
 # ----------------------------------------------------------------------------
@@ -150,41 +190,66 @@ def quartiles(xs) -> dict[str, float]:
   return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
 
 
-def ratios_of(times: dict[str, list[float]]) -> dict[str, list[float]]:
-  """Per-repetition ratios, each within one repetition."""
-  return {
-      "grouped/optax": [a / b for a, b in zip(times["grouped"], times["optax"], strict=True)],
-      "per_leaf/optax": [a / b for a, b in zip(times["per_leaf"], times["optax"], strict=True)],
-      "grouped/per_leaf": [a / b for a, b in zip(times["grouped"], times["per_leaf"],
-                                                 strict=True)],
-  }
+def ratios_of(times: dict[str, list[float]], pairs=RATIO_PAIRS) -> dict[str, list[float]]:
+  """Per-repetition ratios ``a/b`` for each ``(a, b)`` of ``pairs``, each
+  within one repetition."""
+  return {f"{a}/{b}": [x / y for x, y in zip(times[a], times[b], strict=True)]
+          for a, b in pairs}
 
 
-def _order(r: int) -> tuple[str, ...]:
+def _order(r: int, names: tuple[str, ...] = VARIANTS) -> tuple[str, ...]:
   """Rotates the variants' order every repetition (and reverses every other)."""
-  k = r % len(VARIANTS)
-  order = VARIANTS[k:] + VARIANTS[:k]
-  return order if (r // len(VARIANTS)) % 2 == 0 else order[::-1]
+  k = r % len(names)
+  order = names[k:] + names[:k]
+  return order if (r // len(names)) % 2 == 0 else order[::-1]
 
 
-def measure_tree(shapes, stacked, seed, reps, compile_reps, min_time, log):
+def _inputs(shapes, seed):
+  """Host params and device gradients of a tree (the same for every section)."""
   params_host = step_overhead.materialize(shapes, seed=seed, scale=0.05)
   grads = jax.tree.map(jnp.asarray, step_overhead.materialize(shapes, seed=100 + seed,
                                                               scale=1e-2))
+  return params_host, grads
+
+
+def time_variants(tx_makers, ref, params_host, grads, reps, compile_reps, min_time, log):
+  """``step_overhead.Variant`` per maker, on the same params and gradients:
+  fresh compiles interleaved, then warm-up and step repetitions in rotating
+  order, ``inner`` steps per measurement (from ``ref``'s warm step). Returns
+  the live variants (the caller releases them), compile and step seconds."""
+  names = tuple(tx_makers)
   vs = {n: step_overhead.Variant(m, params_host, grads, sphere=False)
-        for n, m in makers(stacked).items()}
-  compile_s: dict[str, list[float]] = {n: [] for n in VARIANTS}
+        for n, m in tx_makers.items()}
+  compile_s: dict[str, list[float]] = {n: [] for n in names}
   for r in range(compile_reps):
-    for n in _order(r):
+    for n in _order(r, names):
       compile_s[n].append(vs[n].compile_once())
       log(f"compile {n}: {compile_s[n][-1]:.2f} s")
   warm = {n: [v.run(1) for _ in range(3)] for n, v in vs.items()}  # every variant alike
-  t1 = min(warm["optax"][1:])
+  t1 = min(warm[ref][1:])
   inner = max(1, int(np.ceil(min_time / t1)))
-  step_s: dict[str, list[float]] = {n: [] for n in VARIANTS}
+  step_s: dict[str, list[float]] = {n: [] for n in names}
   for r in range(reps):
-    for n in _order(r):
+    for n in _order(r, names):
       step_s[n].append(vs[n].run(inner))
+  return vs, compile_s, step_s, inner
+
+
+def _tree_facts(params_host, stacked) -> dict:
+  leaves = jax.tree.leaves(params_host)
+  return {
+      "n_leaves": len(leaves),
+      "n_matrices": int(sum(x.shape[0] if stacked else 1 for x in leaves)),
+      "n_params": int(sum(x.size for x in leaves)),
+      "shapes": sorted({str(x.shape) for x in leaves}),
+      "stacked": stacked,
+  }
+
+
+def measure_tree(shapes, stacked, seed, reps, compile_reps, min_time, log):
+  params_host, grads = _inputs(shapes, seed)
+  vs, compile_s, step_s, inner = time_variants(
+      makers(stacked), "optax", params_host, grads, reps, compile_reps, min_time, log)
   # Every variant ran the same steps from the same params on the same
   # gradients: their params agree up to roundoff (relative to the largest).
   ref = jax.tree.leaves(vs["optax"].params)
@@ -194,13 +259,8 @@ def measure_tree(shapes, stacked, seed, reps, compile_reps, min_time, log):
          for n in ("grouped", "per_leaf")}
   for v in vs.values():
     v.release()
-  leaves = jax.tree.leaves(params_host)
   out = {
-      "n_leaves": len(leaves),
-      "n_matrices": int(sum(x.shape[0] if stacked else 1 for x in leaves)),
-      "n_params": int(sum(x.size for x in leaves)),
-      "shapes": sorted({str(x.shape) for x in leaves}),
-      "stacked": stacked,
+      **_tree_facts(params_host, stacked),
       "compile_s": compile_s,
       "step_s": step_s,
       "steps_per_measurement": inner,
@@ -211,19 +271,74 @@ def measure_tree(shapes, stacked, seed, reps, compile_reps, min_time, log):
   return out
 
 
-def summarize(row: dict) -> dict:
-  """Medians and ratios, computed from the recorded times."""
+def summarize_times(row: dict, names=VARIANTS, pairs=RATIO_PAIRS) -> dict:
+  """Medians, per-repetition ratios and their quartiles, from the recorded times."""
   out: dict[str, Any] = {}
   for kind in ("compile", "step"):
     times = row[f"{kind}_s"]
-    out[f"{kind}_median_s"] = {n: statistics.median(times[n]) for n in VARIANTS}
-    rs = ratios_of(times)
+    out[f"{kind}_median_s"] = {n: statistics.median(times[n]) for n in names}
+    rs = ratios_of(times, pairs)
     out[f"{kind}_ratios"] = rs
     out[f"{kind}_ratio_stats"] = {k: quartiles(v) for k, v in rs.items()}
+  return out
+
+
+def summarize(row: dict) -> dict:
+  """Medians and ratios, computed from the recorded times."""
+  out = summarize_times(row)
   # The targets' numbers: grouped (normopt's default) over optax.
   out["compile_ratio"] = out["compile_ratio_stats"]["grouped/optax"]["median"]
   out["step_ratio"] = out["step_ratio_stats"]["grouped/optax"]["median"]
   return out
+
+
+# ----------------------------------------------------------------------------
+# Issue 29: the Muon family and the preconditioned Newton-Schulz.
+# ----------------------------------------------------------------------------
+
+
+def measure_against(tx_makers, ref, shapes, stacked, seed, reps, compile_reps, min_time,
+                    log) -> dict:
+  """Every maker's full step against ``ref``'s on one tree, interleaved
+  (:func:`time_variants`): times, per-repetition ratios ``name/ref`` with
+  their quartiles, and whether every variant's params stayed finite."""
+  params_host, grads = _inputs(shapes, seed)
+  vs, compile_s, step_s, inner = time_variants(
+      tx_makers, ref, params_host, grads, reps, compile_reps, min_time, log)
+  finite = {n: all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(v.params))
+            for n, v in vs.items()}
+  for v in vs.values():
+    v.release()
+  names = tuple(tx_makers)
+  out = {**_tree_facts(params_host, stacked), "reference": ref, "compile_s": compile_s,
+         "step_s": step_s, "steps_per_measurement": inner,
+         "steps_run": 3 + reps * inner, "finite": finite}
+  out.update(summarize_times(out, names, [(n, ref) for n in names if n != ref]))
+  return out
+
+
+def sigma_part() -> list[dict]:
+  """The singular values of ``polar_factors`` of one random (standard normal,
+  seed 0) matrix per shape, for each of ``NS_VARIANTS``: how close to 1 the
+  step gets them (float64 SVD of the float32 result)."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for m, n in SIGMA_SHAPES:
+    x = jnp.asarray(rng.standard_normal((1, m, n), dtype=np.float32))
+    s_x = np.linalg.svd(np.asarray(x[0], np.float64), compute_uv=False)
+    row: dict[str, Any] = {"shape": [m, n], "condition_number": float(s_x[0] / s_x[-1]),
+                           "variants": {}}
+    for name, (k, pre) in NS_VARIANTS.items():
+      y = normopt.polar_factors([x], ns_steps=k, preconditioning=pre)[0]
+      s = np.linalg.svd(np.asarray(y[0], np.float64), compute_uv=False)
+      row["variants"][name] = {
+          "ns_steps": k, "preconditioning": pre,
+          "max_abs_dev": float(np.max(np.abs(s - 1))),
+          "mean_abs_dev": float(np.mean(np.abs(s - 1))),
+          "sigma_min": float(s[-1]), "sigma_max": float(s[0]),
+      }
+    rows.append(row)
+  return rows
 
 
 # ----------------------------------------------------------------------------
@@ -403,11 +518,14 @@ def _load():
 def run(quick: bool, log=print) -> dict:
   t_start = time.perf_counter()
   reps, compile_reps, min_time = (3, 1, 0.0) if quick else (9, 3, 0.3)
+  # The new sections (issue 29) time steps; one fresh compile per variant.
+  new_compile_reps = 1
   meta = {
       "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "quick": quick, "jax": jax.__version__, "optax": optax.__version__,
       "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
       "machine": _common.machine_info(), "reps": reps, "compile_reps": compile_reps,
+      "issue29_compile_reps": new_compile_reps,
       "loadavg_start": _load(),
   }
   results = []
@@ -418,15 +536,29 @@ def run(quick: bool, log=print) -> dict:
       row.update(tree=tname, layout=layout, loadavg=_load())
       results.append(row)
       gc.collect()
+  family, ns_step = [], []
+  for t_i, (tname, layouts) in enumerate(tree_specs(quick).items()):
+    for layout, (shapes, stacked) in layouts.items():
+      for rows, tx_makers, ref in ((family, family_makers(stacked), "muon"),
+                                   (ns_step, ns_makers(stacked), "plain-5")):
+        log(f"{'family' if rows is family else 'ns'} {tname}/{layout} (load {_load()})")
+        row = measure_against(tx_makers, ref, shapes, stacked, t_i, reps,
+                              new_compile_reps, min_time, log)
+        row.update(tree=tname, layout=layout, loadavg=_load())
+        rows.append(row)
+        gc.collect()
   log(f"gram (load {_load()})")
   gram = gram_part(quick, reps)
   log(f"sharded (subprocess, load {_load()})")
   sharded = run_sharded_subprocess(quick)
   sharded["loadavg"] = _load()
+  log("sigma")
+  sigma = sigma_part()
   meta["loadavg_end"] = _load()
   meta["elapsed_s"] = time.perf_counter() - t_start
   data = {"meta": meta, "machine": meta["machine"], "results": results,
-          "sharded": sharded, "gram": gram}
+          "sharded": sharded, "gram": gram, "muon_family": family,
+          "preconditioned": {"step": ns_step, "sigma": sigma}}
   data["targets"] = evaluate_targets(data)
   return data
 
@@ -455,6 +587,18 @@ def evaluate_targets(data) -> list[dict]:
       rows.append({"issue": 20, "what": f"sharded/{name}", "metric": metric,
                    "ours": value, "optax": cases.get("optax_auto", {}).get(key),
                    "value": value, "limit": limit, "met": value <= limit})
+  fam = {(r["tree"], r["layout"]): r for r in data.get("muon_family", [])}
+  for tree, layout, method, limit in FAMILY_TARGETS:
+    r = fam.get((tree, layout))
+    if r is None:
+      continue
+    value = r["step_ratio_stats"][f"{method}/muon"]["median"]
+    # No optax row: the base is normopt.muon, timed in the same repetitions.
+    rows.append({
+        "issue": 29, "what": f"muon_family/{tree}/{layout}",
+        "metric": f"{method}/muon step_ratio", "ours": r["step_median_s"][method],
+        "optax": None, "base": r["step_median_s"]["muon"],
+        "value": value, "limit": limit, "met": value <= limit})
   return rows
 
 
@@ -541,18 +685,22 @@ def to_markdown(data) -> str:
         f"| {name} | {row['mesh']} | {row['set_mesh']} | {row['collectives']} | {ops} | "
         f"{row['collective_name_occurrences']} | {row['flops_ratio']:.3f} | "
         f"{row['max_abs_dev_vs_unsharded']:.1e} | {row['compile_s']:.2f} |")
-  lines += ["", "## Targets (issues 18 and 20)", "",
+  lines += ["", "## Targets (issues 18, 20 and 29)", "",
             "| issue | what | metric | ours | optax | value | limit | met |",
             "|---:|---|---|---:|---:|---:|---:|---|"]
   for t in data["targets"]:
     fmt = (lambda v: "" if v is None else f"{v:.3g}")
+    base = fmt(t["optax"]) if "base" not in t else f"{fmt(t['base'])} (muon)"
     lines.append(f"| {t['issue']} | {t['what']} | {t['metric']} | {fmt(t['ours'])} | "
-                 f"{fmt(t['optax'])} | {t['value']:.3g} | {t['limit']:.3g} | "
+                 f"{base} | {t['value']:.3g} | {t['limit']:.3g} | "
                  f"{'yes' if t['met'] else '**no**'} |")
   lines += [
       "", "For step and compile rows, ours/optax are median seconds and value is the "
-      "median of per-repetition ratios (so not exactly ours/optax).",
+      "median of per-repetition ratios (so not exactly ours/optax). Issue 29's rows "
+      "compare with normopt.muon, not optax: ours is the method's median step, the "
+      "optax column Muon's, from the same repetitions.",
   ]
+  lines += family_markdown(data)
   lines += [
       "", "## Gram form (`polar_factors(..., gram=True)`)", "",
       "One stacked group of matrices through `polar_factors` (5 steps of the Muon "
@@ -573,6 +721,64 @@ def to_markdown(data) -> str:
       "matmul TFLOP/s are left for a run on a GPU.",
   ]
   return "\n".join(lines) + "\n"
+
+
+def family_markdown(data) -> list[str]:
+  """The issue 29 sections: the Muon family's step and the preconditioned
+  Newton-Schulz (step and singular values)."""
+  meta = data["meta"]
+  lines = [
+      "", "## Muon family step (issue 29)", "",
+      f"`normopt.normuon({LR}, stacked=...)` and `normopt.adamuon({LR}, stacked=...)` "
+      f"against `normopt.muon({LR}, stacked=...)`, each with its defaults (every leaf "
+      "a matrix), the three interleaved on the trees above: full step (jitted update "
+      f"+ apply_updates, buffers donated), {meta['reps']} repetitions in rotating "
+      "order, median [q25, q75] of per-repetition ratios; compile: "
+      f"{meta['issue29_compile_reps']} fresh compile per method. Target: a step <= "
+      f"{FAMILY_TARGETS[0][3]:.2f}x Muon's.",
+      "", "| tree | layout | matrices | muon ms | normuon ms | adamuon ms | normuon/muon "
+      "| adamuon/muon | compile s (muon, normuon, adamuon) | load |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+  for r in data.get("muon_family", []):
+    m, s, c = r["step_median_s"], r["step_ratio_stats"], r["compile_median_s"]
+    lines.append(
+        f"| {r['tree']} | {r['layout']} | {r['n_matrices']} | "
+        + " | ".join(f"{1e3 * m[n]:.1f}" for n in FAMILY) + " | "
+        + " | ".join(_stat(s[f"{n}/muon"]) for n in FAMILY[1:])
+        + " | " + ", ".join(f"{c[n]:.2f}" for n in FAMILY) + f" | {r['loadavg'][0]:.1f} |")
+  names = tuple(NS_VARIANTS)
+  lines += [
+      "", "## Preconditioned Newton-Schulz (issue 29)", "",
+      "optax's claim: a better-scaled first step (`preconditioning=\"aol\"` or "
+      "`\"schatten\"`) saves a Newton-Schulz step. `normopt.muon(..., ns_steps=k, "
+      "preconditioning=p)` for " + ", ".join(
+          f"{n} (k={k}, {p})" for n, (k, p) in NS_VARIANTS.items())
+      + ", interleaved on the same trees, timed as above; ratios to plain-5 (Muon's "
+      "default).",
+      "", "| tree | layout | " + " | ".join(f"{n} ms" for n in names) + " | "
+      + " | ".join(f"{n}/plain-5" for n in names[1:]) + " |",
+      "|---|---|" + "---:|" * (2 * len(names) - 1)]
+  for r in data.get("preconditioned", {}).get("step", []):
+    m, s = r["step_median_s"], r["step_ratio_stats"]
+    lines.append(f"| {r['tree']} | {r['layout']} | "
+                 + " | ".join(f"{1e3 * m[n]:.1f}" for n in names) + " | "
+                 + " | ".join(_stat(s[f"{n}/plain-5"]) for n in names[1:]) + " |")
+  lines += [
+      "", "What the step buys: the singular values of `normopt.polar_factors([x], "
+      "ns_steps=k, preconditioning=p)` for one standard normal matrix `x` per shape "
+      "(seed 0, float32; float64 SVD of the result). An orthogonal factor has every "
+      "sigma = 1; Muon's coefficients do not converge to 1 but oscillate near it "
+      "(roughly 0.7 to 1.2), so small |sigma - 1| is the goal, not 0. With aol the "
+      "limit is the polar factor of the row-rescaled matrix (orthogonal rows).",
+      "", "| matrix | cond(x) | variant | max abs(sigma-1) | mean abs(sigma-1) | sigma min "
+      "| sigma max |", "|---|---:|---|---:|---:|---:|---:|"]
+  for row in data.get("preconditioned", {}).get("sigma", []):
+    m, n = row["shape"]
+    for name, v in row["variants"].items():
+      lines.append(f"| {m}x{n} | {row['condition_number']:.3g} | {name} | "
+                   f"{v['max_abs_dev']:.3f} | {v['mean_abs_dev']:.3f} | "
+                   f"{v['sigma_min']:.3f} | {v['sigma_max']:.3f} |")
+  return lines
 
 
 def main(argv=None):

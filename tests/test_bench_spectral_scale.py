@@ -3,8 +3,10 @@
 The quick run is a subprocess (it starts its own 4-device subprocess for the
 sharded part, and fast XLA flags keep its compiles short). Timings are never
 asserted (the CPU is shared); structure, ratios recomputed from the recorded
-times, the sharded part's deviation and collective counts are, and the
-committed full result must carry every target's fields.
+times, the sharded part's deviation and collective counts are, so are
+issue 29's rows (the Muon family and the preconditioned Newton-Schulz, their
+singular values against a NumPy reference), and the committed full result
+must carry every target's fields.
 """
 
 import json
@@ -14,6 +16,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from subproc import env as _env
@@ -138,3 +141,107 @@ def test_gram_rows(quick_run):
   assert rows[0]["flops_gram"] < rows[0]["flops_plain"]
   assert rows[1]["flops_gram"] > rows[1]["flops_plain"]
   assert "## Gram form" in (out / "spectral_scale.md").read_text()
+
+
+# Issue 29: the Muon family and the preconditioned Newton-Schulz.
+TREES = {(t, lay) for t in ("kernels150", "gpt_small_cpu") for lay in ("separate", "stacked")}
+FAMILY = ("muon", "normuon", "adamuon")
+NS = {"plain-5": (5, "frobenius"), "plain-4": (4, "frobenius"),
+      "aol-4": (4, "aol"), "schatten-4": (4, "schatten")}
+MUON_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _check_against(rows, names, ref, meta):
+  """Rows of one section: every tree, every variant timed every repetition,
+  params finite, ratios to ``ref`` recomputed from the recorded times."""
+  assert {(r["tree"], r["layout"]) for r in rows} == TREES
+  for r in rows:
+    assert r["reference"] == ref and tuple(r["step_s"]) == names
+    for n in names:
+      assert len(r["step_s"][n]) == meta["reps"]
+      assert len(r["compile_s"][n]) == meta["issue29_compile_reps"]
+      assert all(t > 0 and math.isfinite(t) for t in r["step_s"][n] + r["compile_s"][n])
+      assert r["finite"][n], (r["tree"], r["layout"], n)
+    assert set(r["step_ratio_stats"]) == {f"{n}/{ref}" for n in names if n != ref}
+    for n in names:
+      if n == ref:
+        continue
+      ratios = [a / b for a, b in zip(r["step_s"][n], r["step_s"][ref], strict=True)]
+      assert r["step_ratios"][f"{n}/{ref}"] == pytest.approx(ratios)
+      s = r["step_ratio_stats"][f"{n}/{ref}"]
+      assert s["median"] == pytest.approx(statistics.median(ratios))
+      assert 0 < s["q25"] <= s["median"] <= s["q75"] < math.inf
+
+
+def test_muon_family_rows(quick_run):
+  data, out = quick_run
+  rows = data["muon_family"]
+  _check_against(rows, FAMILY, "muon", data["meta"])
+  # Issue 29's targets: both methods on every tree, met iff value <= limit,
+  # the value the row's median ratio.
+  by = {(r["tree"], r["layout"]): r for r in rows}
+  got = {(t["what"], t["metric"]): t for t in data["targets"] if t["issue"] == 29}
+  want = {(f"muon_family/{tree}/{layout}", f"{m}/muon step_ratio")
+          for tree, layout in TREES for m in FAMILY[1:]}
+  assert set(got) == want
+  for (what, metric), t in got.items():
+    r = by[tuple(what.split("/")[1:])]
+    m = metric.split("/")[0]
+    assert t["value"] == r["step_ratio_stats"][f"{m}/muon"]["median"]
+    assert t["ours"] == r["step_median_s"][m] and t["base"] == r["step_median_s"]["muon"]
+    assert t["limit"] == 1.10 and t["met"] == (t["value"] <= t["limit"])
+  md = (out / "spectral_scale.md").read_text()
+  assert "## Muon family step" in md and "normuon/muon" in md
+
+
+def test_preconditioned_step_rows(quick_run, bench):
+  data, out = quick_run
+  assert bench.NS_VARIANTS == NS
+  _check_against(data["preconditioned"]["step"], tuple(NS), "plain-5", data["meta"])
+  assert "## Preconditioned Newton-Schulz" in (out / "spectral_scale.md").read_text()
+
+
+def _numpy_polar(x, steps, preconditioning):
+  """A float64 NumPy Newton-Schulz with Muon's coefficients (wide X)."""
+  x = x / np.linalg.norm(x)
+  if preconditioning == "aol":
+    x = x / np.sqrt(np.abs(x @ x.T).sum(axis=1, keepdims=True))
+  elif preconditioning == "schatten":
+    x = x / np.sqrt(np.linalg.norm(x @ x.T))
+  a, b, c = MUON_COEFFS
+  for _ in range(steps):
+    g = x @ x.T
+    x = a * x + (b * g + c * g @ g) @ x
+  return x
+
+
+def test_sigma_table(quick_run):
+  # The singular values the table reports are those of a float64 NumPy
+  # Newton-Schulz on the same matrices; and what the preconditioned first
+  # step buys on the ill-conditioned square matrix: 4 steps of aol (and
+  # schatten) orthogonalize better than 4 plain ones, as 5 plain ones do.
+  data, _ = quick_run
+  rows = data["preconditioned"]["sigma"]
+  assert [r["shape"] for r in rows] == [[128, 128], [256, 1024]]
+  rng = np.random.default_rng(0)
+  for r in rows:
+    m, n = r["shape"]
+    x = rng.standard_normal((1, m, n), dtype=np.float32)[0].astype(np.float64)
+    s_x = np.linalg.svd(x, compute_uv=False)
+    assert r["condition_number"] == pytest.approx(s_x[0] / s_x[-1], rel=1e-6)
+    assert set(r["variants"]) == set(NS)
+    for name, (k, pre) in NS.items():
+      v = r["variants"][name]
+      assert (v["ns_steps"], v["preconditioning"]) == (k, pre)
+      s = np.linalg.svd(_numpy_polar(x, k, pre), compute_uv=False)
+      assert v["sigma_min"] == pytest.approx(s[-1], rel=1e-3, abs=1e-4), (m, n, name)
+      assert v["sigma_max"] == pytest.approx(s[0], rel=1e-3, abs=1e-4), (m, n, name)
+      assert v["max_abs_dev"] == pytest.approx(np.max(np.abs(s - 1)), rel=1e-3, abs=1e-4)
+      assert v["mean_abs_dev"] == pytest.approx(np.mean(np.abs(s - 1)), rel=1e-3, abs=1e-4)
+      assert v["max_abs_dev"] == pytest.approx(max(1 - v["sigma_min"], v["sigma_max"] - 1))
+  sq = {k: v["max_abs_dev"] for k, v in rows[0]["variants"].items()}
+  assert sq["plain-5"] < sq["plain-4"]
+  assert sq["aol-4"] < sq["plain-4"]
+  assert sq["schatten-4"] < sq["plain-4"]
+  # The well-conditioned 256x1024: every variant has reached Muon's band.
+  assert max(v["max_abs_dev"] for v in rows[1]["variants"].values()) < 0.35
