@@ -1,6 +1,7 @@
 """Norms on a transformer with Flax's own attention: Muon under three
-layouts (the shape rule, the layer view, per head), optax's Muon, Scion with
-roles, and Adam.
+layouts (the shape rule, the layer view, per head), optax's Muon, the Muon
+family (NorMuon, AdaMuon, Moonlight's RMS-matched Muon), Scion with roles,
+and Adam and AdamW.
 
 Issue 18 asked whether the normalized step pays on a transformer once the
 norm is the right one; issue 28 asks which matrix a spectral optimizer should
@@ -14,6 +15,9 @@ positions an ``nn.Embed`` looked up on ``arange(t)``; an ``nn.Dense`` head
 each at its own tuned step size (``_common.TUNING_RULE``):
 
   * ``adam``: ``optax.adam(lr)``;
+  * ``adamw``: ``optax.adamw(lr, weight_decay=WD)``, :data:`WD` = 0.1
+    (Moonlight's), decayed on every leaf (optax's default mask): the
+    Adam-family baseline of the Muon-family claims (issue 29);
   * ``muon (shape rule)``: ``normopt.muon(lr, layout=shape_rule_layout)``,
     the matrices of the last release's shape rule: every non-stacked axis but
     the last is the fan-in, the last the fan-out, so a q/k/v kernel ``(L, d,
@@ -26,6 +30,21 @@ each at its own tuned step size (``_common.TUNING_RULE``):
     q/k/v ``d → hd`` and out ``hd → d`` its own matrix;
   * ``muon (optax)``: ``optax.contrib.muon(lr, muon_weight_dimension_numbers=
     layouts.dimension_numbers(params))`` of the layer view: the reference;
+  * ``normuon``: ``normopt.normuon(lr, layout=<the layer view>,
+    adam_learning_rate=lr x ADAM_LR_RATIO)``: Muon (layer) with NorMuon's
+    neuron-wise normalization after the orthogonalization (Li et al. 2025);
+  * ``adamuon``: ``normopt.adamuon(lr, layout=<the layer view>,
+    adam_learning_rate=lr)``: AdaMuon (Si et al. 2025), its update RMS
+    ``rms=0.2`` (AdamW's), so its lr is AdamW-sized and the Adam leaves take
+    the same lr;
+  * ``muon (rms 0.2)``: ``normopt.muon(lr, layout=<the layer view>,
+    consistent_rms=0.2, weight_decay=WD, adam_learning_rate=lr,
+    adam_weight_decay=WD)``: Moonlight's recipe (Liu et al. 2025), one lr
+    and one weight decay for every leaf, tuned;
+  * ``muon (rms 0.2) @ adamw``: the same, untuned, at ``adamw``'s CHOSEN lr
+    (and its WD): Moonlight's claim that RMS-matched Muon reuses AdamW's
+    hyperparameters. Only its final seeds run; it needs ``adamw`` in the
+    same run (``--methods`` with it but not ``adamw`` is refused);
   * ``scion (roles)``: ``normopt.scion(lr, layout=param_layouts(model, x,
     head="head"), radius=...)``, unconstrained (uSCG), its per-leaf norms
     picked by ``norms="auto"`` from the roles (hidden spectral, embeddings
@@ -34,8 +53,10 @@ each at its own tuned step size (``_common.TUNING_RULE``):
 
 Every Muon leaves the embeddings (tokens and positions), the head, the
 LayerNorms and the biases to Adam (as modded-nanogpt does; the same split for
-all four) at ``lr x`` :data:`ADAM_LR_RATIO`: one tuned knob moves the whole
-network. The four Muons differ only in the matrices of the attention kernels
+all of them) at ``lr x`` :data:`ADAM_LR_RATIO` (the four Muons and NorMuon,
+whose lr is Muon-sized) or at ``lr`` itself (AdaMuon and the RMS-0.2 Muons,
+whose lr is AdamW-sized): one tuned knob moves the whole network. The four
+Muons differ only in the matrices of the attention kernels
 (the MLP kernels are ``(L, d, 4d)`` / ``(L, 4d, d)`` in every view; the out
 kernel is ``H·hd → d`` under the shape rule and the layer view alike).
 
@@ -55,6 +76,12 @@ Run from the repository root::
   python benchmarks/norms_lm.py --quick --out /tmp/nlm   # seconds
   python benchmarks/norms_lm.py --methods "scion (roles)" --out /tmp/part2
   python benchmarks/norms_lm.py --merge /tmp/part1 /tmp/part2
+
+Parts of one run must share the config; the Muon family (issue 29) was added
+after the first six methods ran, so a part without any of
+:data:`NEW_METHODS` may lack the config keys that only they use
+(:data:`_NEW_KEYS`) and the grid centres of methods it did not run (see
+:func:`merge`).
 
 Only a full run of every method (or a complete ``--merge``) writes
 ``benchmarks/results/norms_lm.{json,md,png}``.
@@ -87,17 +114,32 @@ QUICK = dict(layers=2, d_model=16, heads=2, context=8, batch=4, steps=8,
              eval_every=4, eval_batches=1, grid_n=2, width=2,
              xla_options=_common.QUICK_CHEAP_COMPILE_OPTIONS)
 
-METHODS = ("adam", "muon (shape rule)", "muon (layer)", "muon (per head)",
-           "muon (optax)", "scion (roles)")
+METHODS = ("adam", "adamw", "muon (shape rule)", "muon (layer)",
+           "muon (per head)", "muon (optax)", "normuon", "adamuon",
+           "muon (rms 0.2)", "muon (rms 0.2) @ adamw", "scion (roles)")
+# Issue 29's methods, added after the others ran (see merge()).
+NEW_METHODS = ("adamw", "normuon", "adamuon", "muon (rms 0.2)",
+               "muon (rms 0.2) @ adamw")
+# Run untuned at another method's chosen lr (only the final seeds): name ->
+# the method whose choice it takes, which must run earlier in the same run.
+UNTUNED = {"muon (rms 0.2) @ adamw": "adamw"}
 # A quick run compiles one program per method (most of its time): two keep
 # it to seconds, with one claim (the layouts one); --methods adds the others.
 QUICK_METHODS = ("muon (shape rule)", "muon (layer)")
 # Grid centres: Adam's usual 1e-3..3e-3; Muon's 0.02 (Jordan et al.);
 # Scion's lr at the reference's radii (its GPT example: 0.00036 at radius
-# 50 for the hidden matrices, 3000 for the head).
-GRID_CENTERS = {"adam": 2e-3, "muon (shape rule)": 0.02, "muon (layer)": 0.02,
-                "muon (per head)": 0.02, "muon (optax)": 0.02,
-                "scion (roles)": 4e-4}
+# 50 for the hidden matrices, 3000 for the head). NorMuon keeps Muon's width
+# scale (consistent_rms=None: its unit-RMS rows are rescaled to Muon's
+# update size), so Muon's 0.02. AdaMuon's update has RMS rms=0.2 (AdamW's
+# typical update RMS: its docstring's point is that AdamW's lr carries
+# over), as has Muon with consistent_rms=0.2: both AdamW-sized, 2e-3 like
+# AdamW's (Muon's √max(1, n/m) scale gives an update RMS of 1/√fan_in,
+# 0.07-0.14 here, hence 0.02 for Muon; the 5-value grid spans 10x either
+# side of its centre and widens at an edge).
+GRID_CENTERS = {"adam": 2e-3, "adamw": 2e-3, "muon (shape rule)": 0.02,
+                "muon (layer)": 0.02, "muon (per head)": 0.02,
+                "muon (optax)": 0.02, "normuon": 0.02, "adamuon": 2e-3,
+                "muon (rms 0.2)": 2e-3, "scion (roles)": 4e-4}
 MUONS = ("muon (shape rule)", "muon (layer)", "muon (per head)",
          "muon (optax)")
 # The Adam leaves of every Muon (embeddings, head, norms, biases) step at
@@ -108,6 +150,12 @@ ADAM_LR_RATIO = 0.1
 SCION_RADIUS_HIDDEN = 50.0
 SCION_RADIUS_HEAD = 3000.0
 SCION_MOMENTUM = 0.1
+# Decoupled weight decay of AdamW and of the RMS-0.2 Muons (every leaf, the
+# Muon leaves and the Adam leaves alike): Moonlight's 0.1 (Liu et al. 2025).
+# Not tuned: the lr is, at this WD. NorMuon and AdaMuon run without decay,
+# like the Muon they are compared with.
+WD = 0.1
+CONSISTENT_RMS = 0.2
 
 PAPER_LAYER = ("issue 28: the shape rule orthogonalizes Flax's q/k/v kernels "
                "(d, H, hd) as (d·H, hd) matrices, not the layer's d → H·hd "
@@ -120,6 +168,19 @@ PAPER_MUON = ("Jordan et al. 2024: Muon trains transformers faster than "
               "AdamW (NanoGPT speedrun); qualitative, no number reproduced")
 PAPER_SCION = ("Pethick et al. 2025: Scion (uSCG) trains nanoGPT to a lower "
                "validation loss than AdamW at the same budget; qualitative")
+PAPER_NORMUON = ("Li et al. 2025 (NorMuon): +11% training efficiency over "
+                 "Muon at 1.1B parameters; no number at this scale")
+PAPER_ADAMUON = ("Si et al. 2025 (AdaMuon): consistently outperforms Muon "
+                 "across model scales and learning rates (v1 abstract); "
+                 "no number at this scale")
+PAPER_RMS = ("Liu et al. 2025 (Moonlight): Muon with its update RMS matched "
+             "to AdamW's (0.2) and weight decay beats AdamW; ~2x compute "
+             "efficiency in their scaling-law runs")
+PAPER_REUSE = ("Liu et al. 2025 (Moonlight): with RMS matching, Muon reuses "
+               "AdamW's learning rate and weight decay without retuning "
+               "and still beats it")
+PAPER_ADAMW = ("context: Loshchilov and Hutter 2019 (decoupled weight decay); "
+               "no claim at 400 steps, where decay has little time to act")
 PAPER_EQUAL = ("issue 28: muon(layout=param_layouts(model, x)) equals "
                "optax.contrib.muon with layouts.dimension_numbers(params) to "
                "float32 roundoff per step (tests/test_layouts.py)")
@@ -233,14 +294,31 @@ def make_optimizers(params_shape, model, cfg):
     return lambda lr: normopt.muon(lr, layout=layout,
                                    adam_learning_rate=lr * ADAM_LR_RATIO)
 
+  # Moonlight's recipe: one lr and one weight decay for every leaf (muon's
+  # Adam leaves take adam_learning_rate and adam_weight_decay; its Muon
+  # leaves learning_rate and weight_decay, decoupled: -lr (u + WD w), as
+  # optax.adamw).
+  def rms_muon(lr):
+    return normopt.muon(lr, layout=layer, consistent_rms=CONSISTENT_RMS,
+                        weight_decay=WD, adam_learning_rate=lr,
+                        adam_weight_decay=WD)
+
   return {
       "adam": optax.adam,
+      "adamw": lambda lr: optax.adamw(lr, weight_decay=WD),
       "muon (shape rule)": muon(shape_rule_layout),
       "muon (layer)": muon(layer),
       "muon (per head)": muon(per_head),
       "muon (optax)": lambda lr: optax.contrib.muon(
           lr, muon_weight_dimension_numbers=dims,
           adam_learning_rate=lr * ADAM_LR_RATIO),
+      "normuon": lambda lr: normopt.normuon(
+          lr, layout=layer, adam_learning_rate=lr * ADAM_LR_RATIO),
+      # rms=0.2 (the default): AdamW-sized, so the Adam leaves at lr too.
+      "adamuon": lambda lr: normopt.adamuon(lr, layout=layer,
+                                            adam_learning_rate=lr),
+      "muon (rms 0.2)": rms_muon,
+      "muon (rms 0.2) @ adamw": rms_muon,
       "scion (roles)": lambda lr: normopt.scion(
           lr, SCION_MOMENTUM, layout=layer, radius=radius, constrained=False),
   }
@@ -383,6 +461,25 @@ def make_run(model, make_tx, cfg, splits):
   return run
 
 
+def run_untuned(name, make_tx, model, cfg, splits, lr, source, quiet=False):
+  """:func:`tune_and_run` of a method run at ``source``'s chosen ``lr``: no
+  selection runs, only the final seeds; the record says where the lr is from."""
+  run = make_run(model, make_tx, cfg, splits)
+  t0 = time.perf_counter()
+  final = run(list(_common.FINAL_SEEDS), [lr], "final")[0]
+  if not quiet:
+    print(f"  {name}: final at {source}'s {lr:g} (untuned),"
+          f" {time.perf_counter() - t0:.0f} s: held-out"
+          f" {final[:, -1, 1].mean():.4f}", flush=True)
+  # No grid, so no "interior" (the scoreboard reads a missing one as "not
+  # at an edge").
+  record = {"grid": [], "val_loss": [], "mean_val_loss": [], "chosen": lr,
+            "seeds": [], "widened": 0, "untuned": True,
+            "lr_from": source, "final_seeds": list(_common.FINAL_SEEDS),
+            "method": name}
+  return record, {}, final
+
+
 def tune_and_run(name, make_tx, model, cfg, splits, quiet=False):
   """The tuning record (+ selection curves) and the final-seed curves."""
   run = make_run(model, make_tx, cfg, splits)
@@ -430,8 +527,21 @@ CLAIMS = (
      PAPER_SCION),
     ("normopt's Muon (layer view) and optax's Muon are within noise of each "
      "other", "muon (layer)", "muon (optax)", PAPER_EQUAL),
+    # Issue 29: the Muon family.
+    ("NorMuon beats Muon (layer view)", "normuon", "muon (layer)",
+     PAPER_NORMUON),
+    ("AdaMuon beats Muon (layer view)", "adamuon", "muon (layer)",
+     PAPER_ADAMUON),
+    ("Muon with consistent RMS 0.2 and AdamW's weight decay beats tuned "
+     "AdamW", "muon (rms 0.2)", "adamw", PAPER_RMS),
+    ("Muon with consistent RMS 0.2 at AdamW's chosen lr and weight decay "
+     "(untuned) beats tuned AdamW", "muon (rms 0.2) @ adamw", "adamw",
+     PAPER_REUSE),
+    ("AdamW (weight decay 0.1) beats Adam (context)", "adamw", "adam",
+     PAPER_ADAMW),
 )
 EQUIVALENCE = CLAIMS[4][0]
+assert CLAIMS[4][1:3] == ("muon (layer)", "muon (optax)")
 METRIC = "final held-out validation loss (nats/char)"
 
 
@@ -470,9 +580,16 @@ def _file_sha(path):
 
 def run(cfg, methods, quiet=False):
   t_wall, t_cpu, started = time.perf_counter(), time.process_time(), time.time()
+  # Its "load at start" is read now, not when the payload is built at the end.
+  machine = _common.machine_info()
   # The sources that decide the numbers, as they are when the run starts.
+  for name, source in UNTUNED.items():
+    if name in methods and source not in methods[:methods.index(name)]:
+      raise ValueError(f"{name!r} runs at {source!r}'s chosen lr: run "
+                       f"{source!r} before it, in the same run")
   sources = {f: sha for f in ("muon_recipe.py", "scion_lmo.py", "norms.py",
-                              "normalization.py", "layouts.py")
+                              "normalization.py", "layouts.py",
+                              "muon_family.py")
              if (sha := _file_sha(f))}
   splits, vocab = load_splits()
   model = make_model(cfg, len(vocab))
@@ -481,8 +598,14 @@ def run(cfg, methods, quiet=False):
   tuning, selection, results, final, seconds = {}, {}, {}, {}, {}
   for name in methods:
     t0 = time.perf_counter()
-    record, sel, curves = tune_and_run(name, opts[name], model, cfg, splits,
-                                       quiet)
+    if name in UNTUNED:
+      source = UNTUNED[name]
+      record, sel, curves = run_untuned(
+          name, opts[name], model, cfg, splits, tuning[source]["chosen"],
+          source, quiet)
+    else:
+      record, sel, curves = tune_and_run(name, opts[name], model, cfg, splits,
+                                         quiet)
     seconds[name] = time.perf_counter() - t0
     tuning[name], selection[name] = record, sel
     results[name] = {"train_loss": curves[:, :, 0].tolist(),
@@ -496,6 +619,21 @@ def run(cfg, methods, quiet=False):
       "config": dict(
           cfg, methods=list(methods), grid_centers=dict(GRID_CENTERS),
           adam_lr_ratio=ADAM_LR_RATIO,
+          muon_family=dict(
+              weight_decay=WD, consistent_rms=CONSISTENT_RMS,
+              untuned={k: f"run at {v}'s chosen lr (and weight decay), "
+                       "final seeds only" for k, v in UNTUNED.items()},
+              adamw=f"optax.adamw(lr, weight_decay={WD:g}) on every leaf",
+              normuon="normopt.normuon(lr, layout=<layer view>, "
+              "adam_learning_rate=lr x adam_lr_ratio); no weight decay",
+              adamuon="normopt.adamuon(lr, layout=<layer view>, "
+              "adam_learning_rate=lr) (rms 0.2, sign=True); no weight decay",
+              rms_muon=f"normopt.muon(lr, layout=<layer view>, "
+              f"consistent_rms={CONSISTENT_RMS:g}, weight_decay={WD:g}, "
+              f"adam_learning_rate=lr, adam_weight_decay={WD:g})",
+              split="the Muon-leaf/Adam-leaf split of muon_split for all, "
+              "but AdaMuon and the RMS-0.2 Muons give the Adam leaves lr "
+              "itself (their lr is AdamW-sized), not lr x adam_lr_ratio"),
           scion=dict(norms="auto from the layer-view roles: embeddings "
                      "(embed, pos) col; hidden kernels (layers/*/kernel) "
                      "spectral; head/kernel sign; norms and biases bias_rms",
@@ -521,7 +659,7 @@ def run(cfg, methods, quiet=False):
           "nn.MultiHeadDotProductAttention (causal mask) and a GELU MLP 4x per "
           f"block, blocks nn.scan-ned under '{STACK}'; positions an nn.Embed "
           "on arange(t); an nn.Dense head 'head'",
-          machine=_common.machine_info(),
+          machine=machine,
           versions=dict(jax=jax.__version__, optax=optax.__version__,
                         flax=flax.__version__)),
       "steps": list(range(0, cfg["steps"] + 1, cfg["eval_every"])),
@@ -540,13 +678,53 @@ def run(cfg, methods, quiet=False):
 
 #: Config keys that may differ between parts of one run (see ``--merge``).
 _PART_KEYS = ("methods", "machine")
+#: Config keys that only :data:`NEW_METHODS` use: a part that ran none of
+#: them may lack them (it ran before they existed); parts that have them
+#: must agree.
+_NEW_KEYS = ("muon_family",)
+
+
+def _merge_config(parts):
+  """The merged config: every key but the part keys equal in every part,
+  except ``grid_centers`` (equal on the methods the parts share, each part's
+  covering the methods it tuned; merged: the union) and :data:`_NEW_KEYS`
+  (see there)."""
+  loose = ("grid_centers",) + _NEW_KEYS
+  _common.check_same_config(
+      [dict(p, config={k: v for k, v in p["config"].items() if k not in loose})
+       for p in parts], _PART_KEYS)
+  centers = {}
+  for p in parts:
+    c = p["config"]["grid_centers"]
+    missing = [m for m in p["config"]["methods"] if m not in UNTUNED and
+               m not in c]
+    if missing:
+      raise ValueError(f"a part ran {missing} without their grid centres")
+    for m, v in c.items():
+      if centers.setdefault(m, v) != v:
+        raise ValueError(f"parts of different configurations: grid_centers "
+                         f"of {m!r}: {centers[m]} != {v}")
+  config = dict(parts[0]["config"],
+                grid_centers={m: centers[m] for m in METHODS if m in centers})
+  for key in _NEW_KEYS:
+    have = [p["config"][key] for p in parts if key in p["config"]]
+    if any(h != have[0] for h in have):
+      raise ValueError(f"parts of different configurations: ['{key}']")
+    for p in parts:
+      new = [m for m in p["config"]["methods"] if m in NEW_METHODS]
+      if key not in p["config"] and new:
+        raise ValueError(f"a part ran {new} without config[{key!r}]")
+    if have:
+      config[key] = have[0]
+  return config
 
 
 def merge(parts):
-  """One result from parts of disjoint method subsets (same config); claims
-  recomputed from the merged per-seed values. Returns ``(result, complete)``."""
-  _common.check_same_config(parts, _PART_KEYS)
-  out = dict(parts[0], config=dict(parts[0]["config"]))
+  """One result from parts of disjoint method subsets (same config, see
+  :func:`_merge_config`); claims recomputed from the merged per-seed values.
+  A method of :data:`UNTUNED` must be in the same part as the method whose
+  lr it takes, at that method's chosen lr. Returns ``(result, complete)``."""
+  out = dict(parts[0], config=_merge_config(parts))
   for key in ("tuning", "selection_curves", "results", "final",
               "method_seconds"):
     out[key] = {}
@@ -559,6 +737,16 @@ def merge(parts):
       for key in ("tuning", "selection_curves", "results", "final",
                   "method_seconds"):
         out[key][name] = p[key][name]
+    for name, source in UNTUNED.items():
+      if name in p["config"]["methods"]:
+        if source not in p["config"]["methods"]:
+          raise ValueError(f"{name!r} must be in the same part as {source!r}")
+        if p["tuning"][name]["chosen"] != p["tuning"][source]["chosen"]:
+          raise ValueError(f"{name!r} did not run at {source!r}'s chosen lr")
+        # A part written while untuned records still carried "interior":
+        # None: no grid, no interior (see run_untuned).
+        out["tuning"][name] = {k: v for k, v in p["tuning"][name].items()
+                               if k != "interior"}
   methods = [m for m in METHODS if m in methods]
   for key in ("tuning", "selection_curves", "results", "final",
               "method_seconds"):
@@ -566,12 +754,29 @@ def merge(parts):
   out["config"]["methods"] = methods
   out["config"]["machine"] = " | ".join(p["config"]["machine"] for p in parts)
   out["claims"] = make_claims(out["final"])
-  # Parts may run side by side: the wall time is first start to last end.
-  out["started"] = min(p["started"] for p in parts)
-  out["ended"] = max(p["ended"] for p in parts)
-  out["elapsed_s"] = out["ended"] - out["started"]
+  # Parts may run side by side or one after another: the wall time is the
+  # length of the union of their [start, end] spans.
+  spans = sorted((p["started"], p["ended"]) for p in parts)
+  wall, (lo, hi) = 0.0, spans[0]
+  for a, b in spans[1:]:
+    if a > hi:
+      wall, lo = wall + hi - lo, a
+    hi = max(hi, b)
+  out["started"] = spans[0][0]
+  out["ended"] = max(b for _, b in spans)
+  out["elapsed_s"] = wall + hi - lo
   out["cpu_s"] = sum(p["cpu_s"] for p in parts)
   out["merged_parts"] = len(parts)
+  # Each part's own record: its methods, times, machine and the sources it
+  # ran on (parts run at different times may differ there).
+  out["parts"] = [dict(methods=p["config"]["methods"], started=p["started"],
+                       ended=p["ended"], elapsed_s=p["elapsed_s"],
+                       cpu_s=p["cpu_s"], machine=p["config"]["machine"],
+                       sources=p.get("sources"))
+                  for p in parts]
+  out["sources"] = (parts[0].get("sources") if all(
+      p.get("sources") == parts[0].get("sources") for p in parts)
+      else "differ between parts: see parts[*].sources")
   out["quick"] = any(p.get("quick") for p in parts)
   return out, methods == list(METHODS) and not out["quick"]
 
@@ -598,14 +803,22 @@ def markdown(payload):
   ]
   for name, f in payload["final"].items():
     rec = payload["tuning"][name]
+    if rec.get("untuned"):
+      grid, interior = f"{rec['lr_from']}'s chosen lr, untuned", "—"
+    else:
+      grid = (f"{rec['grid'][0]:g} … {rec['grid'][-1]:g}"
+              f" ({len(rec['grid'])})")
+      interior = "yes" if rec["interior"] else "no"
     lines.append(
-        f"| {name} | {rec['chosen']:g} | {rec['grid'][0]:g} …"
-        f" {rec['grid'][-1]:g} ({len(rec['grid'])}) |"
-        f" {'yes' if rec['interior'] else 'no'} | {_ms(f['train_loss'])} |"
-        f" {_ms(f['val_loss'])} |")
+        f"| {name} | {rec['chosen']:g} | {grid} | {interior} |"
+        f" {_ms(f['train_loss'])} | {_ms(f['val_loss'])} |")
   lines += ["", "Mean final selection loss over the selection seeds"
             " (∞: diverged), per grid value:", ""]
   for name, rec in payload["tuning"].items():
+    if rec.get("untuned"):
+      lines.append(f"- {name}: not tuned (final seeds only, at"
+                   f" {rec['lr_from']}'s chosen lr {rec['chosen']:g})")
+      continue
     vals = ", ".join(f"{lr:g}: {'∞' if v is None else f'{v:.4f}'}"
                      for lr, v in zip(rec["grid"], rec["mean_val_loss"],
                                       strict=True))
@@ -632,6 +845,17 @@ def markdown(payload):
       f" {cfg['adam_lr_ratio']:g}. Scion"
       f" (uSCG, momentum {s['momentum']}): {s['norms']}; radius"
       f" {s['radius_hidden']:g}, head {s['radius_head']:g}.",
+  ]
+  fam = cfg.get("muon_family")
+  if fam:
+    lines += [
+        "", f"Muon family and AdamW (issue 29): adamw {fam['adamw']};"
+        f" normuon {fam['normuon']}; adamuon {fam['adamuon']};"
+        f" muon (rms 0.2) {fam['rms_muon']}; "
+        + "; ".join(f"{k}: {v}" for k, v in fam["untuned"].items())
+        + f". Split: {fam['split']}. Weight decay {fam['weight_decay']:g}"
+        " (Moonlight's), not tuned."]
+  lines += [
       "", f"Tuning: {cfg['tuning_rule']} Here the \"training set\" is the"
       " training text and the \"test set\" the held-out text.",
       "", f"Verdicts: {cfg['verdict_rule']}",
@@ -639,10 +863,19 @@ def markdown(payload):
       " CPU (all threads) for the whole run; per method (tuning + final): "
       + ", ".join(f"{k} {v:.0f} s" for k, v in
                   payload["method_seconds"].items())
-      + (f"; {payload['merged_parts']} parts, merged: wall from the first"
-         " start to the last end, CPU summed; per-method times overlap when"
-         " parts ran side by side" if payload.get("merged_parts") else "")
+      + (f"; {payload['merged_parts']} parts, merged: wall the union of the"
+         " parts' spans, CPU summed; per-method times overlap when parts ran"
+         " side by side" if payload.get("merged_parts") else "")
       + "."]
+  for i, part in enumerate(payload.get("parts") or []):
+    import datetime
+    when = datetime.datetime.fromtimestamp(part["started"], datetime.UTC)
+    lines += ["", f"Part {i + 1} ({when:%Y-%m-%d %H:%M} UTC,"
+              f" {part['elapsed_s']:.0f} s wall, {part['cpu_s']:.0f} s CPU;"
+              f" {part['machine']}): " + ", ".join(part["methods"])
+              + "; sources " + ", ".join(
+                  f"{k} {v}" for k, v in (part["sources"] or {}).items())
+              + "."]
   return "\n".join(lines) + "\n"
 
 
@@ -676,14 +909,20 @@ def plot(payload):
   import matplotlib.pyplot as plt
 
   steps = np.asarray(payload["steps"])
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  # Two panels and a third, empty, for the one legend (eleven methods would
+  # hide the curves; tight_layout ignores a figure legend).
+  fig, (*axes, legend_ax) = plt.subplots(1, 3, figsize=(15, 4.8),
+                                   width_ratios=(1, 1, 0.42))
   lo = np.inf
-  for name, r in payload["results"].items():
+  colors = list(plt.get_cmap("tab10").colors) + ["black"]
+  for i, (name, r) in enumerate(payload["results"].items()):
     lr = payload["tuning"][name]["chosen"]
+    ls = ("--" if name == "muon (optax)" else
+          ":" if name in UNTUNED else "-")
     for ax, key in zip(axes, ("val_loss", "train_loss"), strict=True):
       mean = np.asarray(r[key]).mean(0)
-      ax.plot(steps, mean, label=f"{name} (lr {lr:g})",
-              ls="--" if name == "muon (optax)" else "-")
+      ax.plot(steps, mean, label=f"{name} (lr {lr:g})", ls=ls,
+              color=colors[i % len(colors)])
       lo = min(lo, mean.min())
   for ax, what in zip(axes, ("held-out validation loss", "training loss"),
                       strict=True):
@@ -691,7 +930,9 @@ def plot(payload):
     ax.set_ylabel("nats / char")
     ax.set_title(f"{what}, mean over {len(_common.FINAL_SEEDS)} seeds")
     ax.set_ylim(lo - 0.1, lo + 1.2)
-    ax.legend(fontsize=8)
+  legend_ax.axis("off")
+  legend_ax.legend(*axes[0].get_legend_handles_labels(), loc="center left",
+             fontsize=8)
   cfg = payload["config"]
   fig.suptitle(f"Char LM, Flax attention ({cfg['layers']} scanned blocks,"
                f" d {cfg['d_model']}): each optimizer at its tuned step size",
@@ -711,6 +952,10 @@ def main(argv=None):
     return _common.run_merge(parser, args, "norms_lm", merge, page, figures)
   default = QUICK_METHODS if args.quick else METHODS
   methods = [m for m in METHODS if m in (args.methods or default)]
+  for name, source in UNTUNED.items():
+    if name in methods and source not in methods:
+      parser.error(f"{name!r} runs at {source!r}'s chosen lr: add {source!r}"
+                   " to --methods (the same part)")
   partial = methods != list(METHODS)
   out = _common.output_dir(parser, args, "norms_lm", partial)
   payload = run(dict(QUICK if args.quick else FULL), methods, args.quiet)

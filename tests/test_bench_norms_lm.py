@@ -24,12 +24,33 @@ def quick(tmp_path_factory, load_bench):
     return mod, out, json.load(f)
 
 
+@pytest.fixture(scope="module")
+def quick_new(tmp_path_factory, load_bench):
+  """A quick run of AdamW and the RMS-0.2 Muon, tuned and at AdamW's lr."""
+  mod = load_bench("norms_lm")
+  out = tmp_path_factory.mktemp("norms_lm_new")
+  mod.main(["--quick", "--quiet", "--out", str(out), "--methods", "adamw",
+            "muon (rms 0.2)", "muon (rms 0.2) @ adamw"])
+  with open(out / "norms_lm.json") as f:
+    return mod, out, json.load(f)
+
+
 def _check_tuning(payload, common, committed):
   cfg = payload["config"]
   assert cfg["tuning_rule"] == common.TUNING_RULE
   assert cfg["verdict_rule"] == common.VERDICT_RULE
   assert list(payload["tuning"]) == cfg["methods"]
   for name, rec in payload["tuning"].items():
+    if rec.get("untuned"):
+      # Final seeds only, at the chosen lr of a method of the same run.
+      source = rec["lr_from"]
+      assert source in cfg["methods"][:cfg["methods"].index(name)]
+      assert rec["chosen"] == payload["tuning"][source]["chosen"]
+      assert rec["grid"] == rec["val_loss"] == rec["seeds"] == []
+      assert "interior" not in rec  # the scoreboard: no edge mark
+      assert rec["final_seeds"] == list(common.FINAL_SEEDS)
+      assert payload["selection_curves"][name] == {}
+      continue
     grid = rec["grid"]
     assert len(grid) >= (5 if committed else 2) and grid == sorted(grid)
     assert rec["seeds"] == list(common.SELECT_SEEDS)
@@ -171,6 +192,88 @@ def test_merge_of_parts_is_the_whole(quick):
     mod.merge([parts[0], bad])
 
 
+def test_quick_untuned_method_runs_at_adamws_choice(quick, quick_new, load_bench):
+  mod, out, payload = quick_new
+  common = load_bench("_common")
+  cfg = payload["config"]
+  assert cfg["methods"] == ["adamw", "muon (rms 0.2)", "muon (rms 0.2) @ adamw"]
+  _check_tuning(payload, common, committed=False)
+  _check_claims(payload, common)
+  tun = payload["tuning"]
+  assert tun["muon (rms 0.2) @ adamw"]["lr_from"] == "adamw"
+  assert tun["muon (rms 0.2) @ adamw"]["chosen"] == tun["adamw"]["chosen"]
+  # The untuned run is the tuned one's optimizer: where both chose the same
+  # lr, the seeds' curves agree; otherwise its curves are its own.
+  same = tun["muon (rms 0.2)"]["chosen"] == tun["adamw"]["chosen"]
+  a, b = (np.asarray(payload["results"][n]["val_loss"])
+          for n in ("muon (rms 0.2)", "muon (rms 0.2) @ adamw"))
+  assert np.allclose(a, b, rtol=1e-6) == same
+  assert cfg["muon_family"]["weight_decay"] == mod.WD == 0.1
+  assert [(c["method_a"], c["method_b"]) for c in payload["claims"]] == [
+      ("muon (rms 0.2)", "adamw"), ("muon (rms 0.2) @ adamw", "adamw")]
+  md = (out / "norms_lm.md").read_text()
+  assert "| muon (rms 0.2) @ adamw |" in md and "adamw's chosen lr, untuned" in md
+  # Paired with the other part: the same first losses (seeds, data, windows).
+  np.testing.assert_allclose(
+      np.asarray(payload["results"]["adamw"]["val_loss"])[:, 0],
+      np.asarray(quick[2]["results"]["muon (layer)"]["val_loss"])[:, 0], rtol=1e-6)
+
+  # The untuned method needs its source in the same run / part.
+  with pytest.raises(SystemExit):
+    mod.main(["--quick", "--quiet", "--out", str(out / "x"), "--methods",
+              "muon (rms 0.2) @ adamw"])
+  split = []
+  for subset in (["adamw"], ["muon (rms 0.2)", "muon (rms 0.2) @ adamw"]):
+    part = dict(payload, config=dict(cfg, methods=subset))
+    for key in ("tuning", "selection_curves", "results", "final", "method_seconds"):
+      part[key] = {n: payload[key][n] for n in subset}
+    split.append(part)
+  with pytest.raises(ValueError, match="same part"):
+    mod.merge(split)
+  moved = dict(payload, tuning=dict(tun, **{"muon (rms 0.2) @ adamw": dict(
+      tun["muon (rms 0.2) @ adamw"], chosen=tun["adamw"]["chosen"] * 2)}))
+  with pytest.raises(ValueError, match="chosen lr"):
+    mod.merge([moved])
+
+
+def test_merge_with_a_part_from_before_the_muon_family(quick, quick_new):
+  """The committed six methods ran before issue 29's keys existed: a part
+  without any new method may lack them; one with a new method may not."""
+  mod, _, old = quick
+  new = quick_new[2]
+  cfg = {k: v for k, v in old["config"].items() if k != "muon_family"}
+  cfg["grid_centers"] = {m: c for m, c in cfg["grid_centers"].items()
+                         if m not in mod.NEW_METHODS}
+  before = dict(old, config=cfg)
+  merged, complete = mod.merge([before, new])
+  assert not complete
+  assert merged["config"]["methods"] == [
+      m for m in mod.METHODS if m in old["config"]["methods"] + new["config"]["methods"]]
+  assert merged["config"]["muon_family"] == new["config"]["muon_family"]
+  assert merged["config"]["grid_centers"] == {
+      m: mod.GRID_CENTERS[m] for m in mod.METHODS if m in mod.GRID_CENTERS}
+  assert [p["methods"] for p in merged["parts"]] == [
+      old["config"]["methods"], new["config"]["methods"]]
+  assert merged["final"]["adamw"] == new["final"]["adamw"]
+  assert merged["final"]["muon (layer)"] == old["final"]["muon (layer)"]
+  # Wall: the union of the parts' spans.
+  spans = sorted((p["started"], p["ended"]) for p in (old, new))
+  union = (max(b for _, b in spans) - spans[0][0] if spans[1][0] <= spans[0][1]
+           else sum(b - a for a, b in spans))
+  assert merged["elapsed_s"] == pytest.approx(union)
+  # A part that ran a new method without its config, or a grid centre that
+  # disagrees, or another config difference: refused.
+  lacking = dict(new, config={k: v for k, v in new["config"].items()
+                              if k != "muon_family"})
+  with pytest.raises(ValueError, match="muon_family"):
+    mod.merge([old, lacking])
+  centres = dict(new["config"]["grid_centers"], **{"muon (layer)": 0.03})
+  with pytest.raises(ValueError, match="grid_centers"):
+    mod.merge([before, dict(new, config=dict(new["config"], grid_centers=centres))])
+  with pytest.raises(ValueError, match="adam_lr_ratio"):
+    mod.merge([before, dict(new, config=dict(new["config"], adam_lr_ratio=1.0))])
+
+
 def _names(path):
   return "/".join(k.key for k in path)
 
@@ -279,6 +382,44 @@ def test_layouts_and_optimizers_of_the_model(load_bench):
   head = auto["head/kernel"]
   np.testing.assert_allclose(np.abs(head), np.abs(head).max(), rtol=1e-5)  # sign
 
+  # Issue 29's methods, one step at lr 0.01.
+  lr = 0.01
+  fam = {name: step(opts[name](lr)) for name in
+         ("muon (layer)", "adamw", "normuon", "adamuon", "muon (rms 0.2)",
+          "muon (rms 0.2) @ adamw")}
+  g = {_names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(grads)}
+  w = {_names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  assert mod.WD == 0.1 and mod.CONSISTENT_RMS == 0.2
+  for k, u in step(optax.adamw(lr, weight_decay=0.1)).items():
+    np.testing.assert_allclose(fam["adamw"][k], u, atol=1e-7, err_msg=k)
+  for k, u in fam["muon (rms 0.2)"].items():
+    np.testing.assert_array_equal(fam["muon (rms 0.2) @ adamw"][k], u, err_msg=k)
+  for k in flat:
+    base = fam["muon (layer)"][k]
+    if k in hidden:
+      m, n = layer(*flat[k]).matrix_shape(flat[k][1].shape)[1:]
+      mats = lambda u, m=m, n=n: u.reshape(-1, m, n)
+      # AdaMuon: every matrix's update has RMS 0.2 x lr.
+      rms = np.sqrt(np.mean(mats(fam["adamuon"][k]) ** 2, axis=(1, 2)))
+      np.testing.assert_allclose(rms, 0.2 * lr, rtol=1e-3, err_msg=k)
+      # Muon with consistent RMS 0.2: Muon's direction rescaled from
+      # √max(1, n/m) to 0.2 √max(m, n), plus the decay lr x WD x w.
+      ratio = 0.2 * max(m, n) ** 0.5 / max(1.0, n / m) ** 0.5
+      np.testing.assert_allclose(fam["muon (rms 0.2)"][k] + lr * 0.1 * w[k],
+                                 ratio * base, rtol=1e-4, atol=1e-7, err_msg=k)
+      # NorMuon: Muon's matrices renormalized, not Muon's step.
+      assert np.abs(fam["normuon"][k] - base).max() > 1e-4, k
+    else:
+      # The Adam leaves: NorMuon's as Muon's (lr x ADAM_LR_RATIO); AdaMuon's
+      # at lr (its first step lr x sign(g)); the RMS-0.2 Muon's at lr with
+      # the decay (10x Muon's Adam step).
+      np.testing.assert_array_equal(fam["normuon"][k], base, err_msg=k)
+      np.testing.assert_allclose(fam["adamuon"][k], -lr * np.sign(g[k]),
+                                 rtol=1e-4, err_msg=k)
+      np.testing.assert_allclose(fam["muon (rms 0.2)"][k] + lr * 0.1 * w[k],
+                                 base / mod.ADAM_LR_RATIO, rtol=1e-4, atol=1e-8,
+                                 err_msg=k)
+
 
 def test_committed_full_results_follow_the_protocol(load_bench):
   if not RESULT.exists():
@@ -290,6 +431,17 @@ def test_committed_full_results_follow_the_protocol(load_bench):
   assert cfg["methods"] == list(mod.METHODS)
   assert {k: cfg[k] for k in mod.FULL} == mod.FULL
   assert cfg["grid_centers"] == mod.GRID_CENTERS
+  assert cfg["muon_family"]["weight_decay"] == mod.WD
+  untuned = payload["tuning"]["muon (rms 0.2) @ adamw"]
+  assert untuned["untuned"] and untuned["lr_from"] == "adamw"
+  assert untuned["chosen"] == payload["tuning"]["adamw"]["chosen"]
+  # The two parts (the first six methods, then issue 29's), each with the
+  # sources it ran on; the untuned method ran in adamw's part.
+  if payload.get("parts"):
+    assert sorted(m for p in payload["parts"] for m in p["methods"]) == sorted(mod.METHODS)
+    assert all(p["sources"] for p in payload["parts"])
+    assert any({"adamw", "muon (rms 0.2) @ adamw"} <= set(p["methods"])
+               for p in payload["parts"])
   n_points = cfg["steps"] // cfg["eval_every"] + 1
   for res in payload["results"].values():
     for key in ("train_loss", "val_loss"):
