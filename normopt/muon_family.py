@@ -155,10 +155,16 @@ def scale_by_unit_rms(
         new_v.append(v)
         continue
       o = x.astype(acc_dtype(x))
-      v_new = first_moment(_unit_mean_sq(o, pl), v.astype(o.dtype), decay)
-      o_hat = o * inv_norm(safe_sqrt(v_new) + eps, 0.0)
-      o_hat = o_hat * (_frobenius(o, pl) * inv_norm(_frobenius(o_hat, pl) + eps, 0.0))
-      out.append(o_hat.astype(jnp.result_type(x)))
+      mean_sq = _unit_mean_sq(o, pl)
+      v_new = first_moment(mean_sq, v.astype(o.dtype), decay)
+      unit = inv_norm(safe_sqrt(v_new) + eps, 0.0)  # 1 / (√v + eps), per unit
+      # Both Frobenius norms from the per-unit mean squares (fan_in times
+      # them is a unit's sum of squares): one pass over O instead of three.
+      fan_in, _ = pl.fans(jnp.shape(x))
+      fro = safe_sqrt(fan_in * per_matrix_sum(mean_sq, pl))
+      fro_hat = safe_sqrt(fan_in * per_matrix_sum(mean_sq * jnp.square(unit), pl))
+      scale = unit * (fro * inv_norm(fro_hat + eps, 0.0))
+      out.append((o * scale).astype(jnp.result_type(x)))
       new_v.append(v_new.astype(v.dtype))
     unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)
     return unflat(out), ScaleByUnitRmsState(v=unflat(new_v))
