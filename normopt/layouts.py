@@ -238,9 +238,7 @@ def _finish(pl: ParamLayout, names, shape, head, overrides) -> ParamLayout:
   """Applies ``head=`` and ``overrides=`` to a leaf's layout."""
   for key, value in _override_items(overrides):
     if _matches(key, names):
-      if value is None:
-        return vector_layout(len(shape), pl.stacked, "bias", "override")
-      value = as_layout(value, "override")
+      value = as_layout(value, len(shape), pl.stacked, "override")
       value.check(shape, "/".join(map(str, names)))
       return value if value.source else dataclasses.replace(value, source="override")
   if _is_head(head, names) and pl.kind in ("hidden", "embedding", "unknown", "conv"):
@@ -248,24 +246,25 @@ def _finish(pl: ParamLayout, names, shape, head, overrides) -> ParamLayout:
   return pl
 
 
-def as_layout(value: Any, source: str = "") -> ParamLayout:
-  """A ``ParamLayout`` from one, or from optax's ``MuonDimensionNumbers``."""
+def as_layout(value: Any, ndim: int, stacked: int = 0, source: str = "") -> ParamLayout:
+  """A ``ParamLayout`` from one, from ``None`` (no matrix) or from optax's
+  ``MuonDimensionNumbers`` (``"hidden"``; every other axis a batch axis, the
+  leading ``stacked`` ones stacked) for a leaf of ``ndim`` axes."""
   if isinstance(value, ParamLayout):
     return value
+  if value is None:
+    return vector_layout(ndim, stacked, "bias", source or "None")
   red = getattr(value, "reduction_axis", None)
   out = getattr(value, "output_axis", None)
   if red is None or out is None:
     raise ValueError(
         f"layout: expected a ParamLayout, a MuonDimensionNumbers or None, got {value!r}.")
-  return ParamLayout("hidden", _axes(red), _axes(out), source=source or "MuonDimensionNumbers")
-
-
-def _from_dimension_numbers(dn: Any, ndim: int, stacked: int) -> ParamLayout:
-  red = tuple(a % ndim for a in _axes(dn.reduction_axis))
-  out = tuple(a % ndim for a in _axes(dn.output_axis))
+  red = tuple(a % ndim for a in _axes(red))
+  out = tuple(a % ndim for a in _axes(out))
   batch = tuple(a for a in range(ndim) if a not in red + out)
   k = stacked if tuple(range(stacked)) == batch[:stacked] else 0
-  return ParamLayout("hidden", red, out, batch, source="MuonDimensionNumbers", stacked=k)
+  return ParamLayout("hidden", red, out, batch, source=source or "MuonDimensionNumbers",
+                     stacked=k)
 
 
 def _is_spec_leaf(x: Any) -> bool:
@@ -453,12 +452,7 @@ def resolve_layouts(
   for p, x, k, v in zip(paths, leaves, counts, raw, strict=True):
     shape = tuple(jnp.shape(x))
     where = jax.tree_util.keystr(p)
-    if v is None:
-      pl = vector_layout(len(shape), k, "bias", "None")
-    elif isinstance(v, ParamLayout):
-      pl = v
-    else:
-      pl = _from_dimension_numbers(as_layout(v), len(shape), k)
+    pl = as_layout(v, len(shape), k)
     pl.check(shape, f"{name}: {where}")
     if given and pl.stacked != k:
       if pl.stacked == 0 and tuple(range(k)) == pl.batch[:k]:
@@ -681,7 +675,7 @@ def _nnx_owners(model):
     elif cls == "Embed":
       core["embedding"] = (m.num_embeddings, m.features)
     elif cls in _NORMS:
-      feat = getattr(m, "num_features", None) or getattr(m, "num_features", None)
+      feat = getattr(m, "num_features", None)
       if feat is not None:
         core["scale"] = core["bias"] = (feat,)
     elif cls == "LoRA":

@@ -477,3 +477,16 @@ def test_layouts_page_table_is_what_param_layouts_prints(capsys):
   shown = re.search(r"```text\n(.*?)```", page, re.S).group(1).strip()
   exec(compile(code, "docs/layouts.md", "exec"), {})
   assert capsys.readouterr().out.strip() == shown
+
+
+def test_dimension_numbers_as_layout_give_the_same_matrices():
+  """layout= and overrides= take optax's MuonDimensionNumbers (DESIGN §8): on a
+  3-axis leaf, every other axis a batch axis, as the ParamLayout says."""
+  rng = np.random.default_rng(4)
+  g = {"w": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}
+  as_dn = {"w": DN(1, 2)}
+  as_pl = {"w": normopt.ParamLayout("hidden", (1,), (2,), batch=(0,))}
+  tx = lambda lay: normopt.block_normalize(blocks="leaf", norm="spectral", layout=lay)
+  chex.assert_trees_all_equal(tx(as_dn).update(g, None)[0], tx(as_pl).update(g, None)[0])
+  over = normopt.layouts_from_shapes(g, overrides={"w": DN(1, 2)})["w"]
+  assert (over.batch, over.reduction, over.output, over.source) == ((0,), (1,), (2,), "override")
