@@ -30,11 +30,10 @@ ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def _decay_then_lr(learning_rate, weight_decay, weight_decay_mask):
-  """Every alias's tail: decoupled weight decay (none for a literal 0), then
+  """Every alias's tail: decoupled weight decay (a no-op for a literal 0), then
   the learning rate, so the step is ``−lr·(direction + λ·w)``."""
-  decay = decayed_weights(weight_decay, weight_decay_mask)
   return (
-      *(() if decay is None else (decay,)),
+      decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
 

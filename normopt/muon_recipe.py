@@ -294,20 +294,16 @@ def muon_partition(
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
 
-  def decay(rate, mask=None):
-    # The aliases' decoupled decay: nothing for a literal 0 (no params needed).
-    return decayed_weights(rate, mask) or optax.identity()
-
   muon_leaves = optax.chain(
       matrices,
-      decay(weight_decay, weight_decay_mask),
+      decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
   others = optax.chain(
       optax.scale_by_adam(
           b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root,
           mu_dtype=mu_dtype, nesterov=nesterov),
-      decay(adam_weight_decay),
+      decayed_weights(adam_weight_decay, None),
       optax.scale_by_learning_rate(adam_learning_rate),
   )
   tx = optax.partition(

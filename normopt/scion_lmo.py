@@ -429,8 +429,6 @@ def scion(
       gram=gram, preconditioning=preconditioning)]
   if constrained:
     parts.append(_add_params())
-  decay = decayed_weights(weight_decay, weight_decay_mask)
-  if decay is not None:
-    parts.append(decay)
+  parts.append(decayed_weights(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)

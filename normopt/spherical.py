@@ -633,12 +633,10 @@ def nd_adam_transform(
     unflat = lambda x: jax.tree_util.tree_unflatten(treedef, x)
     # A schedule is read here (NDAdamState has no room for optax's count).
     rate = weight_decay(state.count) if callable(weight_decay) else weight_decay
-    decay = decayed_weights(rate, weight_decay_mask)
-    if decay is not None:  # d + λw on the leaves that are not vectors
-      decay = optax.masked(decay, unflat([a is None for a in axes]))
-      out = treedef.flatten_up_to(
-          decay.update(unflat(out), decay.init(params), params)[0]
-      )
+    # d + λw on the leaves that are not vectors (a no-op for a literal 0).
+    decay = optax.masked(decayed_weights(rate, weight_decay_mask),
+                         unflat([a is None for a in axes]))
+    out = treedef.flatten_up_to(decay.update(unflat(out), decay.init(params), params)[0])
     new_u = [
         (d if a is not None else -lr_s * d).astype(jnp.result_type(g))
         for d, g, a in zip(out, g_leaves, axes, strict=True)
