@@ -262,20 +262,12 @@ def flatten_layouts(tree: Any, stacked: StackedSpec, layout: Any, blocks: Any, n
   return resolve_layouts(tree, layout, stacked, name)
 
 
-def unit_axes(leaf: Any, stacked: int = 0) -> tuple[int, ...] | None:
-  """The default "unit" rule on a leaf's slices: all axes but the last.
-
-  ``None`` when a slice (the leaf without its ``stacked`` leading axes) has
-  fewer than 2 dimensions.
-  """
-  ndim = len(jnp.shape(leaf))
-  if ndim - stacked < 2:
-    return None
-  return tuple(range(stacked, ndim - 1))
-
-
 def _leaf_partition(paths, leaves, counts, blocks, layouts=None):
-  """Per leaf: (block key, reduced axes, keepdims, stacked axes)."""
+  """Per leaf: (block key, reduced axes, keepdims, stacked axes).
+
+  ``layouts`` (from :func:`flatten_layouts`, always resolved for ``"unit"``
+  blocks) give each leaf's output units.
+  """
   out: list[tuple[Any, tuple[int, ...], bool, int]] = []
   for i, (path, leaf, k) in enumerate(zip(paths, leaves, counts, strict=True)):
     ndim = len(jnp.shape(leaf))
@@ -289,7 +281,7 @@ def _leaf_partition(paths, leaves, counts, blocks, layouts=None):
     elif blocks == "global":
       out.append(("global", tuple(range(ndim)), False, 0))
     elif blocks == "unit":
-      ua = unit_axes(leaf, k) if layouts is None else layouts[i].unit_axes()
+      ua = layouts[i].unit_axes()
       out.append((i, rest, False, k) if ua is None else (i, ua, True, k))
     else:
       raise ValueError(f"unknown blocks mode {blocks!r}")

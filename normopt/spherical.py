@@ -66,20 +66,17 @@ from normopt.blocks import flatten_layouts
 from normopt.blocks import flatten_stacked
 from normopt.blocks import require_params
 from normopt.blocks import StackedSpec
-from normopt.blocks import unit_axes
 from normopt.blocks import with_layout
 
 VectorAxes: TypeAlias = None | Callable[[Any, Any], tuple[int, ...] | None]
 
 
 def _leaf_axes(path, leaf, vector_axes, stacked, name):
-  """The axes one vector of ``leaf`` spans, or None if it holds no vectors.
+  """The axes one vector of ``leaf`` spans, as the callable ``vector_axes``
+  says, or None if it holds no vectors.
 
-  ``stacked`` leading axes index separate layers: the default rule applies to
-  each slice, and no vector may span a stacked axis.
+  ``stacked`` leading axes index separate layers: no vector may span one.
   """
-  if vector_axes is None:
-    return unit_axes(leaf, stacked)
   if not callable(vector_axes):
     raise ValueError(
         f"{name}: vector_axes must be None or a callable "
