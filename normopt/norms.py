@@ -22,11 +22,14 @@ Each norm is one row of ``NORMS``; the block machinery
 (:mod:`normopt.blocks`: blocks, stacked slices, ``axis_name``, dtypes, zero
 blocks) calls the row and never asks which norm it is.
 
-**The matrix of a leaf** (``"spectral"``): its non-stacked axes, all but the
-last flattened into rows (fan-in) and the last as columns (fan-out): Dense
-``(in, out)`` stays ``(in, out)``, Conv HWIO becomes ``(H·W·I, O)``. Each
-stacked slice is its own matrix. A leaf with fewer than two non-stacked axes
-gets its ``"l2"`` direction (the polar factor of a vector).
+**The matrix of a leaf** (``"spectral"``) comes from its layout
+(:mod:`normopt.layouts`, ``layout=``): the leaf transposed to ``batch +
+reduction + output`` and reshaped to ``(B, fan_in, fan_out)``. Without
+``layout=`` the shape rule decides: Dense ``(in, out)`` stays ``(in, out)``,
+Conv HWIO becomes ``(H·W·I, O)``, each stacked slice is its own matrix, a
+leaf that is no matrix (a vector, a bias, a norm scale) gets its ``"l2"``
+direction (the polar factor of a vector), and a leaf with exactly three
+non-stacked axes raises (its shape cannot say which axes are its inputs).
 
 **Newton–Schulz.** The matrix is divided by its Frobenius norm (plus
 ``eps``), then ``ns_steps`` times ``X ← a·X + b·(X Xᵀ)X + c·(X Xᵀ)²X`` on the
@@ -535,18 +538,6 @@ def _check_mode(norm_name, blocks, axis_name, name, where):
         f"spectral leaves without axis_name (leaves whole on each shard, or "
         f"split only along a stacked axis), e.g. in their own optax.partition "
         f"group, or under jit with a NamedSharding, where the result is global{where}.")
-
-
-def matrix_view(shape: Sequence[int], stacked: int) -> tuple[int, int, int] | None:
-  """``(slices, rows, cols)`` of a leaf's matrices, or None for a vector."""
-  rest = tuple(shape[stacked:])
-  if len(rest) < 2:
-    return None
-  return (
-      int(np.prod(shape[:stacked], dtype=np.int64)),
-      int(np.prod(rest[:-1], dtype=np.int64)),
-      int(rest[-1]),
-  )
 
 
 def directions(
