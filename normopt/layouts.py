@@ -206,14 +206,14 @@ def _path_names(path: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _matches(key: Any, names: tuple[Any, ...]) -> bool:
-  """A name (any path entry, or a ``"a/b"`` suffix) or a predicate ``(names)``."""
+  """A name (any path entry, or ``"a/b"``: consecutive entries) or a
+  predicate ``(names)``."""
   if callable(key):
     return bool(key(names))
   if isinstance(key, str) and "/" in key:
     want = tuple(key.strip("/").split("/"))
     got = tuple(str(n) for n in names)
-    return got[-len(want):] == want or any(
-        got[i:i + len(want)] == want for i in range(len(got)))
+    return any(got[i:i + len(want)] == want for i in range(len(got)))
   return key in names
 
 
@@ -382,7 +382,7 @@ def layouts_from_shapes(
       :mod:`normopt.blocks`): batch axes of every layout.
     convention: ``"flax"`` (kernels ``(in, out)``, HWIO) or ``"torch"``
       (``(out, in)``, ``(O, I, *k)``: Equinox, PyTorch ports).
-    head: names (any path entry, or an ``"a/b"`` path suffix) or a predicate
+    head: names (any path entry, or ``"a/b"`` for consecutive entries) or a predicate
       ``(names) -> bool`` marking the output layer(s): their kernels become
       ``"head"``.
     overrides: a mapping (or pairs) from names or predicates to a
@@ -607,7 +607,7 @@ def _linen_owners(model, args, kwargs):
     shapes = {k: tuple(v.shape) for k, v in variables.items()
               if hasattr(v, "shape") and not isinstance(v, Mapping)}
     attrs: dict[str, Any] = dict(prev[1]) if prev else {}
-    if cls in ("DenseGeneral",):
+    if cls == "DenseGeneral":
       axis = m.axis if isinstance(m.axis, Sequence) else (m.axis,)
       bd = m.batch_dims if isinstance(m.batch_dims, Sequence) else (m.batch_dims,)
       attrs.update(n_batch=len(bd), n_in=len(axis))
@@ -620,9 +620,9 @@ def _linen_owners(model, args, kwargs):
       attrs["tied"] = True
     parent = type(m.parent).__name__ if isinstance(m.parent, nn.Module) else None
     if shapes or prev is None:
-      owners[path] = (cls, attrs, shapes or (prev[2] if prev else {}), parent, m.name)
-    else:
-      owners[path] = (prev[0], attrs, prev[2], prev[3], prev[4])
+      owners[path] = (cls, attrs, shapes, parent, m.name)
+    else:  # a later call without params (Embed.attend): keep the first record
+      owners[path] = (*prev[:1], attrs, *prev[2:])
     return out
 
   # Array-like inputs (arrays, ShapeDtypeStructs) go in abstractly; the rest
@@ -757,7 +757,7 @@ def param_layouts(
     model: a Flax Linen, Flax NNX or Equinox module.
     *example_args: Linen only: example inputs for ``model.init``
       (``jax.ShapeDtypeStruct`` values are fine).
-    head: names (a path entry or an ``"a/b"`` suffix) or a predicate
+    head: names (a path entry, or ``"a/b"`` for consecutive entries) or a predicate
       ``(names) -> bool`` marking the output layer(s): their kernels become
       ``"head"`` (Muon gives them to Adam; Scion's ``"auto"`` gives them
       ``"sign"``).

@@ -76,7 +76,8 @@ def block_normalize(
       pytree prefix of ints (see :mod:`normopt.blocks`).
     layout: what each leaf is (:func:`normopt.param_layouts` of the model,
       a callable or a pytree prefix; see :mod:`normopt.layouts`): its
-      stacked axes, and the output units of ``"unit"`` blocks.
+      stacked axes, the output units of ``"unit"`` blocks and the matrices
+      of ``"spectral"``.
     norm: ``"l2"``, ``"rms"``, ``"sign"``, ``"spectral"``, a callable
       ``(path, leaf) -> name`` or a pytree prefix of names.
     ns_steps: Newton–Schulz steps for ``"spectral"``.
