@@ -224,3 +224,26 @@ METHODS += [
   Method("normuon", normopt.normuon, dict(learning_rate=1e-2, beta=0.95, b2=0.95)),
   Method("adamuon", normopt.adamuon, dict(learning_rate=1e-2, b1=0.9, b2=0.95, eps=1e-10, rms=0.2)),
 ]
+
+#: One method per module of normopt (normalization, norms, aliases, schedules,
+#: muon_recipe, adanorm, spherical, scion_lmo, muon_family). The fast loop,
+#: ``pytest -m "not slow"``, runs the registry-wide suites on these; the full
+#: suite runs them on every method (issue 30).
+FAST = frozenset({
+    "block_normalize", "block_normalize:spectral", "adam_ng", "s_sngd", "muon",
+    "adam_norm", "nd_adam", "scion", "normuon",
+})
+
+
+def fast_param(*values, name, id=None):
+  """``pytest.param(*values, id=id or name)``, marked ``slow`` unless the
+  method ``name`` is in :data:`FAST`."""
+  import pytest  # only the test files call this; the check scripts do not
+
+  return pytest.param(*values, id=id or name, marks=() if name in FAST else pytest.mark.slow)
+
+
+def fast_first(methods=None):
+  """``methods`` (default: :data:`METHODS`) as ``pytest.param``s with their
+  names as ids, every method outside :data:`FAST` marked ``slow``."""
+  return [fast_param(m, name=m.name) for m in (METHODS if methods is None else methods)]

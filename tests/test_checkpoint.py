@@ -12,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
+from methods_registry import fast_first
 from methods_registry import METHODS
 import normopt
 
-IDS = [m.name for m in METHODS]
 SHAPES = {
     "conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
     "dense": {"kernel": (5, 4), "bias": (4,)},
@@ -48,11 +48,22 @@ def _assert_bitwise(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _selected_methods(request):
+  """The methods this session's ``test_msgpack_round_trip`` items check (the
+  fast loop selects ``methods_registry.FAST``); every method if none."""
+  names = set()
+  for item in request.session.items:
+    callspec = getattr(item, "callspec", None)
+    if getattr(item, "module", None) is request.module and callspec is not None:
+      names.add(callspec.params["method"].name)
+  return [m for m in METHODS if m.name in names] or METHODS
+
+
 @pytest.fixture(scope="module")
-def runs():
-  """All methods at once (one compilation): params/state after
+def runs(request):
+  """The selected methods at once (one compilation): params/state after
   ``STEPS_BEFORE`` steps, and after ``STEPS_AFTER`` more without a stop."""
-  setups = {m.name: _setup(m) for m in METHODS}
+  setups = {m.name: _setup(m) for m in _selected_methods(request)}
   txs = {n: s[0] for n, s in setups.items()}
 
   @jax.jit
@@ -77,7 +88,7 @@ def runs():
   return dict(mid=mid, end=end, resume=resume, templates=templates)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", fast_first())
 def test_msgpack_round_trip(method, runs):
   p_mid, s_mid = (t[method.name] for t in runs["mid"])
   blob = serialization.to_bytes({"params": p_mid, "opt_state": s_mid})

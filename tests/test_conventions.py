@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import pytest
 
+from methods_registry import fast_first
 from methods_registry import METHODS
 import normopt
 from subproc import run_json
@@ -62,7 +63,7 @@ def _params(method, rng):
 IDS = [m.name for m in METHODS]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
+@pytest.mark.parametrize("method", fast_first())
 def test_optax_conventions(method):
   rng = np.random.default_rng(0)
   params = _params(method, rng)

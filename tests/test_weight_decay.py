@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from methods_registry import fast_param
 import normopt
 import np_ref
 from test_adanorm import np_optimizer
@@ -202,7 +203,7 @@ CASES = [(n, list(MASKS)[i % 3]) for i, n in enumerate(ALIASES)]
 CASES += [("adam_ng", m) for m in MASKS if ("adam_ng", m) not in CASES]
 
 
-@pytest.mark.parametrize("name,mask", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+@pytest.mark.parametrize("name,mask", [fast_param(n, m, name=n, id=f"{n}-{m}") for n, m in CASES])
 def test_decay_matches_numpy_reference(name, mask):
   params, grads = _params(name), _grads(1)
   kw, step, lr_at = _np_family(name, grads)
@@ -225,7 +226,7 @@ def test_weight_decay_schedule(name):
   _assert_traj(_jax_run(tx, params, grads), want, 2e-5, 2e-6)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", [fast_param(n, name=n) for n in ALIASES])
 def test_step_is_undecayed_step_plus_decay_and_zero_is_the_old_alias(name):
   params = _params(name)
   g = trees.flax_tree(np.random.default_rng(3))
