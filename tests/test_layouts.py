@@ -286,6 +286,7 @@ def _block_dims(view, stacked):
           "mlp_out": {"kernel": DN(s, s + 1), "bias": None}}
 
 
+@pytest.mark.fast_cases("head")
 @pytest.mark.parametrize("view", ["layer", "head"])
 def test_muon_with_linen_layouts_equals_optax_muon(view):
   model = LinenLM()
@@ -298,6 +299,7 @@ def test_muon_with_linen_layouts_equals_optax_muon(view):
   _assert_muon_equals_optax(params, lay, dims)
 
 
+@pytest.mark.fast_cases("layer")
 @pytest.mark.parametrize("view", ["layer", "head"])
 def test_muon_with_nnx_layouts_equals_optax_muon(view):
   class Block(nnx.Module):
@@ -340,6 +342,7 @@ def _to_flax(p):
           "fc2": {"kernel": p.fc2.weight.T, "bias": p.fc2.bias}}
 
 
+@pytest.mark.fast_cases("scion")
 @pytest.mark.parametrize("method", ["muon", "scion"])
 def test_equinox_model_equals_flax_layout(method):
   model = EqxNet(jax.random.key(0))

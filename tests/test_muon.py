@@ -40,6 +40,7 @@ DIMS = {
 
 @pytest.mark.parametrize("nesterov,gram", [(True, False), (False, False), (True, True)],
                          ids=["nesterov", "plain", "nesterov-gram"])
+@pytest.mark.fast_cases("nesterov-gram")
 def test_muon_recipe_equals_optax_muon(nesterov, gram):
   """``gram=True`` (the Gram-form Newton–Schulz) equals optax's plain form
   too, the same iteration: to float32 roundoff on the rectangular matrices,

@@ -101,6 +101,8 @@ CASES = {
 }
 
 
+@pytest.mark.fast_cases(
+    "muon:adaptive+consistent_rms-grouped", "normuon-per-leaf", "adamuon:sign-grouped")
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "per-leaf"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_numpy_reference(case, grouped):
@@ -183,6 +185,7 @@ def _unrolled_dims():
   return dims
 
 
+@pytest.mark.fast_cases("schatten+consistent_rms+adaptive")
 @pytest.mark.parametrize("case", list(OPTAX_CASES))
 def test_muon_options_equal_optax(case):
   kw = OPTAX_CASES[case]
@@ -235,6 +238,7 @@ def _entry_points(**ns):
   }
 
 
+@pytest.mark.fast_cases("schatten")
 @pytest.mark.parametrize("preconditioning", ["aol", "schatten"])
 def test_preconditioning_reaches_the_newton_schulz(preconditioning):
   rng = np.random.default_rng(4)
@@ -297,6 +301,7 @@ FAMILY = {
 }
 
 
+@pytest.mark.fast_cases("bf16-normuon", "bf16-adamuon")
 @pytest.mark.parametrize("name", list(FAMILY))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_zero_gradient_gives_zero_update_in_every_dtype(name, dtype):
@@ -317,6 +322,7 @@ def test_zero_gradient_gives_zero_update_in_every_dtype(name, dtype):
     chex.assert_tree_all_finite((u, state))
 
 
+@pytest.mark.fast_cases("adamuon")
 @pytest.mark.parametrize("name", ["normuon", "adamuon"])
 def test_weight_decay_is_decoupled(name):
   # The step with decay is the step without it plus −lr·λ·w on the matrices

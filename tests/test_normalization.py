@@ -123,6 +123,8 @@ ALIASES = [
 ]
 
 
+@pytest.mark.fast_cases("sgd_ng-0-leaf", "adam_ng-2-layer", "adagrad_ng-3-unit",
+                        "sgd_ngadap-4-global", "adam_ngadap-5-unit", "adagrad_bng-6-layer")
 @pytest.mark.parametrize("blocks", MODES)
 @pytest.mark.parametrize("kind,hp", ALIASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(ALIASES)])
 def test_alias_reference_several_steps(kind, hp, blocks):
@@ -173,6 +175,7 @@ BASES = [
 ]
 
 
+@pytest.mark.fast_cases("layer-adam", "unit-sgd_nesterov")
 @pytest.mark.parametrize("ours,base", BASES, ids=["sgd", "sgd_nesterov", "adam", "adagrad"])
 @pytest.mark.parametrize("blocks", ["layer", "unit"])
 def test_alias_equals_optax_base_when_blocks_have_unit_norm(ours, base, blocks):

@@ -150,6 +150,7 @@ def test_rms_gives_unit_rms_per_block():
                                rtol=1e-5)
 
 
+@pytest.mark.fast_cases("False")
 @pytest.mark.parametrize("gram", [False, True])
 def test_spectral_converges_to_svd_polar_factor(gram):
   """The converging iteration reaches U Vᵀ of every matrix (and slice), in
@@ -296,6 +297,7 @@ def test_group_slices_compile_to_one_kernel():
   assert d12 <= d6  # ... but none more to compile
 
 
+@pytest.mark.fast_cases("spectral")
 @pytest.mark.parametrize("norm", ["l2", "rms", "sign", "spectral"])
 def test_zero_and_low_precision_stay_finite(norm):
   rng = np.random.default_rng(5)

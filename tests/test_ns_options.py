@@ -89,6 +89,7 @@ def _mats(seed, shape, dtype=np.float32):
   return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
+@pytest.mark.fast_cases("muon-aol-True", "dion-schatten-False")
 @pytest.mark.parametrize("gram", [False, True])
 @pytest.mark.parametrize("preconditioning", PRECONDITIONINGS)
 @pytest.mark.parametrize("coeffs", ["muon", "dion"])
@@ -105,6 +106,7 @@ def test_equals_optax(preconditioning, gram, coeffs):
     np.testing.assert_allclose(y, want, atol=atol, err_msg=str(x.shape))
 
 
+@pytest.mark.fast_cases("schatten-True")
 @pytest.mark.parametrize("gram", [False, True])
 @pytest.mark.parametrize("preconditioning", ["aol", "schatten"])
 def test_traced_steps_equal_optax(preconditioning, gram):
@@ -123,6 +125,7 @@ def test_traced_steps_equal_optax(preconditioning, gram):
   np.testing.assert_allclose(run(x, jnp.asarray(0)), unrolled, rtol=1e-6)
 
 
+@pytest.mark.fast_cases("aol-False", "schatten-True")
 @pytest.mark.parametrize("gram", [False, True])
 @pytest.mark.parametrize("preconditioning", PRECONDITIONINGS)
 def test_matches_numpy_float64(preconditioning, gram):
@@ -139,6 +142,7 @@ def test_matches_numpy_float64(preconditioning, gram):
           np.asarray(got), _np_ns(x, rows, preconditioning, 1e-8), atol=1e-10, err_msg=str(shape))
 
 
+@pytest.mark.fast_cases("8")
 @pytest.mark.parametrize("steps", [3, 5, 8, 10])
 def test_polar_express_matches_reference_float64(steps):
   rows = NS_PRESETS["polar_express"]
@@ -181,6 +185,7 @@ def _ill_conditioned(rng, m, n, cond):
   return (u * np.logspace(0, -np.log10(cond), r)) @ v.T
 
 
+@pytest.mark.fast_cases("5-gaussian")
 @pytest.mark.parametrize("kind", ["gaussian", "ill_conditioned"])
 @pytest.mark.parametrize("steps", [5, 8])
 def test_polar_express_beats_muon_at_equal_steps(kind, steps):
@@ -203,6 +208,7 @@ def test_polar_express_beats_muon_at_equal_steps(kind, steps):
       assert err_pe < 1e-3 and err_mu > 0.25, (m, n, err_pe, err_mu)
 
 
+@pytest.mark.fast_cases("aol-True-bfloat16", "schatten-False-float32")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("gram", [False, True])
 @pytest.mark.parametrize("preconditioning", PRECONDITIONINGS)

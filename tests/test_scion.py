@@ -230,6 +230,7 @@ def test_zero_gradients_give_zero_updates(dtype):
     chex.assert_tree_all_finite(u)
 
 
+@pytest.mark.fast_cases("auto")
 @pytest.mark.parametrize("norm", ["auto", "sign", "col", "row", "spectral"])
 def test_stacked_equals_unrolled(norm):
   rng = np.random.default_rng(4)
