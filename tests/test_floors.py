@@ -35,9 +35,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # Test-extra tools the subset uses (pytest-xdist: the `-n` of pyproject's addopts);
 # installed at their declared floors too.
 TOOLS = ("pytest", "pytest-xdist", "chex", "flax")
-# The subset: every registry method through the conformance suite, every doctest
-# (each alias trains something small), the NumPy references that need float64
-# (jax.enable_x64) and the ND-Adam state-size tests (optax.tree.size).
+# The subset, run with `-m "not slow"` as the fast loop is: the conformance suite
+# on one method per module (methods_registry.FAST; issue 30), every doctest (each
+# alias and transformation trains something small, so every alias still runs at
+# the floors), the NumPy references that need float64 (jax.enable_x64) and the
+# ND-Adam state-size tests (optax.tree.size).
 SUBSET = [
     "tests/test_conformance.py",
     "normopt",
@@ -102,7 +104,8 @@ def test_subset_passes_at_the_declared_floors(tmp_path):
   # worker keeps the second core busy, and two more workers importing JAX
   # cost 7 CPU-s more (84 against 77 CPU-s for this test alone).
   proc = subprocess.run(
-      [python, "-m", "pytest", "-q", "-x", "-n0", "-p", "no:cacheprovider", *SUBSET],
+      [python, "-m", "pytest", "-q", "-x", "-n0", "-p", "no:cacheprovider", "-m", "not slow",
+       *SUBSET],
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False,
   )
   assert proc.returncode == 0, (
