@@ -45,24 +45,46 @@ os.environ["XLA_FLAGS"] = with_fast_xla(os.environ.get("XLA_FLAGS", ""))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: The kept cache (``.jax_test_cache/``) is emptied at a session's start when
-#: it is larger than this (a full run of the suite adds about 150 MB).
+#: it is larger than this (a full cold run of the suite writes about 60 MB).
 CACHE_LIMIT_BYTES = 2 << 30
-_CACHE_OWNER = "NORMOPT_TEST_CACHE_OWNER"
+_CACHE_OWNER = "NORMOPT_TEST_CACHE_OWNER"  # a fresh cache: this pid removes it
+_SESSION = "NORMOPT_TEST_CACHE_SESSION"  # the kept cache: this pid's session mark
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def _kept_cache_dir():
-  """``.jax_test_cache/`` at the repository root, emptied if over the limit."""
+  """``.jax_test_cache/`` at the repository root, marked as in use by this
+  session. JAX writes an entry in place (not atomically), so a session that
+  was interrupted may have left a truncated one: the directory is emptied
+  when a session's mark outlived its process, and when it passed
+  :data:`CACHE_LIMIT_BYTES`. (JAX would only warn and recompile on a bad
+  entry, but a warning can break a test that counts warnings.)"""
   path = ROOT / ".jax_test_cache"
-  if path.is_dir() and sum(f.stat().st_size for f in path.iterdir()) > CACHE_LIMIT_BYTES:
-    shutil.rmtree(path, ignore_errors=True)
+  if path.is_dir():
+    marks = list(path.glob(".session-*"))
+    stale = [m for m in marks if not _alive(int(m.name.removeprefix(".session-")))]
+    size = sum(f.stat().st_size for f in path.iterdir())
+    if stale or size > CACHE_LIMIT_BYTES:
+      shutil.rmtree(path, ignore_errors=True)
   path.mkdir(exist_ok=True)
+  (path / f".session-{os.getpid()}").touch()
+  os.environ[_SESSION] = str(os.getpid())
   return str(path)
 
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process: the controller
   if os.environ.get("NORMOPT_TEST_CACHE") == "fresh":
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="normopt-jax-cache-")
-    os.environ[_CACHE_OWNER] = str(os.getpid())  # removed at the end
+    os.environ[_CACHE_OWNER] = str(os.getpid())
   else:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _kept_cache_dir()
   # Every program, however small or quick to compile.
@@ -75,11 +97,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process: the cont
     _jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def pytest_sessionfinish(session, exitstatus):
+  """The controller of a session that ran to its end (tests passed or
+  failed, not interrupted) removes its mark from the kept cache."""
+  del session
+  done = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                        pytest.ExitCode.NO_TESTS_COLLECTED)
+  if done and os.environ.get(_SESSION) == str(os.getpid()):
+    mark = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"]) / f".session-{os.getpid()}"
+    mark.unlink(missing_ok=True)
+
+
 def pytest_unconfigure(config):
   """The process that made a ``fresh`` session's cache directory removes it."""
   del config
   if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 BENCHMARKS = ROOT / "benchmarks"
 
