@@ -35,6 +35,27 @@ CHECK_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pas
 # benchmarks/_common.QUICK_CHEAP_COMPILE_OPTIONS; tests do not import benchmarks/).
 CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": True}
 _PROBED = "NORMOPT_TEST_XLA_FLAGS"  # the probe's answer, for child processes
+# The check scripts run collectives over 4-8 virtual CPU devices, one thread
+# each, on a machine that may have 2 cores and another test worker compiling:
+# a participant can start late enough that XLA's in-process rendezvous gives up
+# (it aborts the process after 40 s by default; seen once on 2 cores, the
+# distributed checks running beside the stacked ones). Here a late participant
+# only makes the check slower.
+PATIENT_COLLECTIVES = (
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+)
+_PROBED_COLLECTIVES = "NORMOPT_TEST_XLA_COLLECTIVE_FLAGS"
+
+
+def _accepted(flags):
+  """Whether this jaxlib's XLA starts with ``flags`` (it aborts on an unknown flag)."""
+  probe = subprocess.run(
+      [sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+      timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags},
+      check=False,
+  )
+  return probe.returncode == 0
 
 
 def fast_xla_flags():
@@ -45,12 +66,7 @@ def fast_xla_flags():
   the environment, which the test workers and subprocesses inherit.
   """
   if _PROBED not in os.environ:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
-        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": LEGACY_EMITTERS},
-        check=False,
-    )
-    os.environ[_PROBED] = FAST_XLA + (" " + LEGACY_EMITTERS if probe.returncode == 0 else "")
+    os.environ[_PROBED] = FAST_XLA + (" " + LEGACY_EMITTERS if _accepted(LEGACY_EMITTERS) else "")
   return os.environ[_PROBED]
 
 
@@ -65,7 +81,10 @@ def check_xla(flags):
   for :data:`CHECK_XLA` (the check scripts' large programs)."""
   fast = fast_xla_flags().split()
   kept = [f for f in flags.split() if f not in fast]
-  return " ".join([*kept, CHECK_XLA])
+  if _PROBED_COLLECTIVES not in os.environ:  # probed once, then inherited
+    os.environ[_PROBED_COLLECTIVES] = (
+        PATIENT_COLLECTIVES if _accepted(PATIENT_COLLECTIVES) else "")
+  return " ".join([*kept, CHECK_XLA, os.environ[_PROBED_COLLECTIVES]]).strip()
 
 
 def env():
