@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 RESULTS = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
            / "results" / "adanorm_cnn.json")

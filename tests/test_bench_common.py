@@ -7,7 +7,7 @@ import pytest
 
 # The benchmarks' shared module (digits, statistics, vmapped runs): left out
 # of the fast loop (`pytest -m "not slow"`), as the quick benchmarks are.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 @pytest.fixture(scope="module")

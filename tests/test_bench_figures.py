@@ -16,7 +16,7 @@ import pytest
 
 # Draws every benchmark's full figure: left out of the fast loop
 # (`pytest -m "not slow"`), as the quick benchmarks are.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS / "results"

@@ -11,7 +11,7 @@ import pytest
 from subproc import CHECK_XLA
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"

@@ -12,7 +12,7 @@ import pytest
 import normopt
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scanned_lm.py"

@@ -22,7 +22,7 @@ import pytest
 from subproc import env as _env
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "spectral_scale.py"

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.abspath(_BENCH))
 import step_overhead  # noqa: E402
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 # A subset keeps this test to a few dozen small compiles; the full benchmark
 # covers every optimizer.
