@@ -58,15 +58,27 @@ def _accepted(flags):
   return probe.returncode == 0
 
 
+def _probe():
+  """Which optional flags this jaxlib takes, probed once (one subprocess when
+  it takes both) and kept in the environment, which the test workers and
+  subprocesses inherit."""
+  if _PROBED in os.environ and _PROBED_COLLECTIVES in os.environ:
+    return
+  if _accepted(f"{LEGACY_EMITTERS} {PATIENT_COLLECTIVES}"):
+    legacy = patient = True
+  else:
+    legacy, patient = _accepted(LEGACY_EMITTERS), _accepted(PATIENT_COLLECTIVES)
+  os.environ[_PROBED] = FAST_XLA + (" " + LEGACY_EMITTERS if legacy else "")
+  os.environ[_PROBED_COLLECTIVES] = PATIENT_COLLECTIVES if patient else ""
+
+
 def fast_xla_flags():
   """:data:`FAST_XLA`, plus :data:`LEGACY_EMITTERS` if this jaxlib takes it.
 
   XLA aborts on a flag it does not know, so the flag is probed once, in a
-  subprocess (XLA reads its flags once per process); the answer is kept in
-  the environment, which the test workers and subprocesses inherit.
+  subprocess (XLA reads its flags once per process): :func:`_probe`.
   """
-  if _PROBED not in os.environ:
-    os.environ[_PROBED] = FAST_XLA + (" " + LEGACY_EMITTERS if _accepted(LEGACY_EMITTERS) else "")
+  _probe()
   return os.environ[_PROBED]
 
 
@@ -81,9 +93,6 @@ def check_xla(flags):
   for :data:`CHECK_XLA` (the check scripts' large programs)."""
   fast = fast_xla_flags().split()
   kept = [f for f in flags.split() if f not in fast]
-  if _PROBED_COLLECTIVES not in os.environ:  # probed once, then inherited
-    os.environ[_PROBED_COLLECTIVES] = (
-        PATIENT_COLLECTIVES if _accepted(PATIENT_COLLECTIVES) else "")
   return " ".join([*kept, CHECK_XLA, os.environ[_PROBED_COLLECTIVES]]).strip()
 
 

@@ -1,14 +1,13 @@
 """benchmarks/flax_data_parallel.py --quick: pmap and sharded jit agree."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from subproc import CHECK_XLA
+import subproc
 
 # A quick benchmark run: left out of the fast loop (`pytest -m "not slow"`).
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
@@ -18,12 +17,11 @@ SCRIPT = ROOT / "benchmarks" / "flax_data_parallel.py"
 
 
 def test_quick_pmap_and_sharded_jit_match(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  # the script sets its own 8-device XLA flag; compile faster here.
-  env["XLA_FLAGS"] = CHECK_XLA
+  # The check scripts' environment (their cheaper compiles, patient collectives);
+  # the script adds its own 8-device XLA flag.
   proc = subprocess.run(
       [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-      cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+      cwd=ROOT, capture_output=True, text=True, env=subproc.env(), timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "flax_data_parallel.json").read_text())
